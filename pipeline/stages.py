@@ -1,0 +1,266 @@
+"""The pipeline graph: which stages a config has, what each one's fingerprint is made of, and
+how each is built (a thin adapter over the library function that does the work).
+
+synthetic ─► manifest:<pretrain set> ─► teacher-cache ─► pretrain ─► finetune ─► evaluate
+             manifest:<finetune set> ─────────────────────────────────┘    retrieval ◄┘
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, ConfigError, semantic_dict
+from pipeline.fingerprint import DigestCache, file_set_digest
+from pipeline.stage import BuildContext, Stage, StageError
+
+log = logging.getLogger("pipeline")
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+# Bumped by hand when a stage's output changes meaning for the same inputs.
+VERSIONS = {"synthetic": 1, "manifest": 1, "teacher-cache": 1, "pretrain": 1, "finetune": 1,
+            "evaluate": 1, "retrieval": 1}
+
+
+def is_synthetic(value: str) -> bool:
+    return value.startswith(SYNTHETIC_PREFIX)
+
+
+class StageGraph:
+    """Builds :class:`Stage` objects for a config, sharing upstream nodes (and their digests)."""
+
+    def __init__(self, cfg: Config, work: Path) -> None:
+        self.cfg = cfg
+        self.work = work
+        self.digests = DigestCache(work / ".cache" / "digests.json")
+        self._nodes: dict[str, Stage] = {}
+
+    def _memo(self, key: str, make) -> Stage:
+        if key not in self._nodes:
+            self._nodes[key] = make()
+        return self._nodes[key]
+
+    # -- path resolution ------------------------------------------------------------------
+
+    def resolve(self, value: str, upstream: dict[str, Path]) -> Path:
+        """A config path: ``synthetic:<sub>`` lives in the synthetic stage's output."""
+        if is_synthetic(value):
+            return upstream["synthetic:default"] / value[len(SYNTHETIC_PREFIX):]
+        return Path(value).expanduser().resolve()
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def synthetic(self) -> Stage:
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from data_manifests.synthetic import generate_synthetic, spec_from_config
+
+            return generate_synthetic(ctx.out_dir, spec_from_config(self.cfg.synthetic),
+                                      workers=self.cfg.synthetic.workers, progress=ctx.dist.is_main)
+
+        return self._memo("synthetic", lambda: Stage(
+            kind="synthetic", name="default", version=VERSIONS["synthetic"],
+            semantic=semantic_dict(self.cfg.synthetic), upstream=[], build=build,
+            command="pipeline synthetic"))
+
+    def manifest(self, name: str) -> Stage:
+        ds = self.cfg.dataset(name)
+        synthetic = is_synthetic(ds.root) or any(is_synthetic(a) for a in ds.annotations)
+        upstream = [self.synthetic()] if synthetic else []
+
+        def inputs(up: dict[str, Path]) -> dict[str, str]:
+            if synthetic:
+                return {}  # the synthetic stage's fingerprint already covers its files
+            from data_manifests.builders import annotation_files, list_video_files
+
+            root = self.resolve(ds.root, up)
+            if not root.is_dir():
+                raise StageError(f"datasets.{name}.root: {root} is not a folder")
+            files = annotation_files(ds.kind, [self.resolve(a, up) for a in ds.annotations], ds.split)
+            out = {f"annotation:{f.name}": self.digests.digest(f) for f in files}
+            out["videos"] = file_set_digest(root, list_video_files(root))
+            self.digests.save()
+            return out
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from data_manifests.builders import build_manifest
+            from data_manifests.manifest import write_manifest
+
+            manifest, rejected = build_manifest(
+                ds.kind, self.resolve(ds.root, ctx.upstream),
+                [self.resolve(a, ctx.upstream) for a in ds.annotations], ds.split,
+                min_frames=ds.min_frames, allow_missing=ds.allow_missing, workers=ds.workers,
+                progress=ctx.dist.is_main)
+            manifest.dataset = name
+            if ctx.dist.is_main:
+                write_manifest(ctx.out_dir, manifest, rejected)
+            return manifest_summary(manifest, rejected)
+
+        return self._memo(f"manifest:{name}", lambda: Stage(
+            kind="manifest", name=name, version=VERSIONS["manifest"],
+            semantic=semantic_dict(ds), upstream=upstream, build=build, inputs=inputs,
+            command=f"pipeline manifest --dataset {name}"))
+
+    def teacher_cache(self) -> Stage:
+        t, clips = self.cfg.teacher, self.cfg.clips
+        name = self.cfg.pretrain.dataset
+
+        def inputs(up: dict[str, Path]) -> dict[str, str]:
+            if t.backend != "schp":
+                return {}
+            if not t.checkpoint:
+                raise StageError("teacher.checkpoint is not set: name the SCHP checkpoint file "
+                                 "(--checkpoint PATH or teacher.checkpoint in the config)")
+            path = Path(t.checkpoint).expanduser()
+            if not path.is_file():
+                raise StageError(f"teacher.checkpoint: {path} does not exist")
+            digest = self.digests.digest(path)
+            self.digests.save()
+            return {"checkpoint": digest}
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from teacher.cache_stage import build_teacher_cache
+
+            comps = ctx.stage.components(self.work)
+            return build_teacher_cache(
+                ctx.upstream_dir("manifest"), ctx.out_dir, t, clips, dist=ctx.dist,
+                fingerprint=ctx.stage.fingerprint(self.work),
+                checkpoint_sha256=comps["inputs"].get("checkpoint", ""),
+                shard_index=ctx.options.get("shard_index"), num_shards=ctx.options.get("num_shards"))
+
+        return self._memo("teacher-cache", lambda: Stage(
+            kind="teacher-cache", name=name, version=VERSIONS["teacher-cache"],
+            semantic={"teacher": semantic_dict(t), "clips": semantic_dict(clips)},
+            upstream=[self.manifest(name)], build=build, inputs=inputs,
+            command="pipeline teacher-cache", parallel=True))
+
+    def pretrain(self) -> Stage:
+        p, m, clips = self.cfg.pretrain, self.cfg.model, self.cfg.clips
+        upstream = [self.manifest(p.dataset)] + ([self.teacher_cache()] if m.kd else [])
+
+        def inputs(up: dict[str, Path]) -> dict[str, str]:
+            if not p.init_from:
+                return {}
+            path = Path(p.init_from).expanduser()
+            if not path.is_file():
+                raise StageError(f"pretrain.init_from: {path} does not exist")
+            digest = self.digests.digest(path)
+            self.digests.save()
+            return {"init_from": digest}
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from student.pretrain import pretrain
+
+            cache = ctx.upstream_dir("teacher-cache") if m.kd else None
+            return pretrain(ctx.upstream_dir("manifest"), cache, ctx.out_dir, m, p, clips, dist=ctx.dist)
+
+        semantic = {"model": semantic_dict(m), "pretrain": semantic_dict(p), "clips": semantic_dict(clips)}
+        if not m.kd:
+            semantic["teacher"] = None
+        return self._memo("pretrain", lambda: Stage(
+            kind="pretrain", name=p.dataset, version=VERSIONS["pretrain"], semantic=semantic,
+            upstream=upstream, build=build, inputs=inputs, command="pipeline pretrain", parallel=True))
+
+    def _finetune_name(self) -> str:
+        f = self.cfg.finetune
+        return f"{f.dataset}-split{self.cfg.dataset(f.dataset).split}"
+
+    def finetune(self) -> Stage:
+        f, m = self.cfg.finetune, self.cfg.model
+        upstream = [self.manifest(f.dataset)] + ([] if f.from_scratch else [self.pretrain()])
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from student.finetune import finetune
+
+            pre = None if f.from_scratch else ctx.upstream_dir("pretrain")
+            return finetune(ctx.upstream_dir("manifest"), pre, ctx.out_dir, m, f, dist=ctx.dist)
+
+        name = self._finetune_name() + ("-scratch" if f.from_scratch else "")
+        return self._memo("finetune", lambda: Stage(
+            kind="finetune", name=name, version=VERSIONS["finetune"],
+            semantic={"finetune": semantic_dict(f), "model": semantic_dict(m)},
+            upstream=upstream, build=build,
+            command=f"pipeline finetune --dataset {f.dataset}"
+                    + (" --from-scratch" if f.from_scratch else ""), parallel=True))
+
+    def evaluate(self) -> Stage:
+        e = self.cfg.evaluate
+        ft = self.finetune()
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from student.evaluate import evaluate
+
+            return evaluate(ctx.upstream_dir("manifest"), ctx.upstream_dir("finetune"), ctx.out_dir, e,
+                            dist=ctx.dist)
+
+        return self._memo("evaluate", lambda: Stage(
+            kind="evaluate", name=ft.name, version=VERSIONS["evaluate"], semantic=semantic_dict(e),
+            upstream=[self.manifest(self.cfg.finetune.dataset), ft], build=build,
+            command=f"pipeline evaluate --dataset {self.cfg.finetune.dataset}", parallel=True))
+
+    def retrieval(self) -> Stage:
+        r = self.cfg.retrieval
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from student.retrieval import retrieval
+
+            return retrieval(ctx.upstream_dir("manifest"), ctx.upstream_dir("pretrain"), ctx.out_dir, r,
+                             dist=ctx.dist)
+
+        name = f"{r.dataset}-split{self.cfg.dataset(r.dataset).split}"
+        return self._memo("retrieval", lambda: Stage(
+            kind="retrieval", name=name, version=VERSIONS["retrieval"], semantic=semantic_dict(r),
+            upstream=[self.manifest(r.dataset), self.pretrain()], build=build,
+            command=f"pipeline retrieval --dataset {r.dataset}", parallel=True))
+
+    # -- the whole run --------------------------------------------------------------------
+
+    def run_stages(self) -> list[Stage]:
+        """The stages ``pipeline run`` builds, in dependency order, each once."""
+        makers = {
+            "synthetic": lambda: [self.synthetic()] if self._uses_synthetic() else [],
+            "manifest": lambda: [self.manifest(n) for n in self._datasets_used()],
+            "teacher-cache": lambda: [self.teacher_cache()] if self.cfg.model.kd else [],
+            "pretrain": lambda: [self.pretrain()],
+            "finetune": lambda: [self.finetune()],
+            "evaluate": lambda: [self.evaluate()],
+            "retrieval": lambda: [self.retrieval()],
+        }
+        out: list[Stage] = []
+        for name in self.cfg.run.stages:
+            if name not in makers:
+                raise ConfigError(f"run.stages: unknown stage {name!r}; known: {', '.join(makers)}")
+            for st in makers[name]():
+                if st not in out:
+                    out.append(st)
+        return out
+
+    def _datasets_used(self) -> list[str]:
+        names = [self.cfg.pretrain.dataset, self.cfg.finetune.dataset]
+        if "retrieval" in self.cfg.run.stages:
+            names.append(self.cfg.retrieval.dataset)
+        return list(dict.fromkeys(names))
+
+    def _uses_synthetic(self) -> bool:
+        for n in self._datasets_used():
+            ds = self.cfg.dataset(n)
+            if is_synthetic(ds.root) or any(is_synthetic(a) for a in ds.annotations):
+                return True
+        return False
+
+
+def manifest_summary(manifest: Any, rejected: list[dict]) -> dict[str, Any]:
+    per_split: dict[str, int] = {}
+    for e in manifest.entries:
+        per_split[e.split] = per_split.get(e.split, 0) + 1
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    return {"videos": len(manifest.entries), "classes": len(manifest.classes), "per_split": per_split,
+            "rejected": len(rejected), "rejected_by_reason": reasons}
+
+
+def config_with(cfg: Config, **sections: Any) -> Config:
+    """A copy of ``cfg`` with whole sections replaced (for command-line options)."""
+    return dataclasses.replace(cfg, **sections)
