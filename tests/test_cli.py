@@ -1,0 +1,57 @@
+"""The command line: help, status on an empty work dir, config errors as clean messages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pipeline.cli import main
+
+COMMANDS = ["status", "run", "config", "synthetic", "manifest", "teacher-cache", "pretrain", "finetune",
+            "evaluate", "retrieval", "parse-image", "teacher-show", "visualize"]
+
+
+def test_help_lists_every_command():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for cmd in COMMANDS:
+        assert f"  {cmd} " in result.output, cmd
+
+
+def test_every_command_has_complete_help():
+    for cmd in COMMANDS:
+        result = CliRunner().invoke(main, [cmd, "-h"])
+        assert result.exit_code == 0, (cmd, result.output)
+        assert "Usage: main" in result.output or "Usage: pipeline" in result.output
+
+
+def test_status_on_empty_work_dir(tmp_path: Path):
+    result = CliRunner().invoke(main, ["--work-dir", str(tmp_path), "status"])
+    assert result.exit_code == 0, result.output
+    assert "synthetic:default" in result.output and "missing" in result.output
+    assert "build with: pipeline pretrain" in result.output
+
+
+def test_config_error_is_a_clean_message(tmp_path: Path):
+    result = CliRunner().invoke(main, ["--work-dir", str(tmp_path), "--set", "pretrain.epochz=3", "status"])
+    assert result.exit_code != 0
+    assert "Error: " in result.output and "did you mean 'epochs'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_stage_command_refuses_missing_upstream(tmp_path: Path):
+    result = CliRunner().invoke(main, ["--work-dir", str(tmp_path), "pretrain"])
+    assert result.exit_code != 0
+    assert "needs manifest:kinetics400, which is missing" in result.output
+    assert "pipeline manifest --dataset kinetics400" in result.output
+
+
+def test_run_dry_run_lists_stages(tmp_path: Path, caplog):
+    result = CliRunner().invoke(main, ["--work-dir", str(tmp_path), "run", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_config_command_prints_resolved_toml(tmp_path: Path):
+    result = CliRunner().invoke(main, ["--set", "pretrain.epochs=9", "config"])
+    assert result.exit_code == 0 and "epochs = 9" in result.output
