@@ -1,7 +1,8 @@
 """Typed configuration: one dataclass per TOML section, validated once at the edge.
 
-A config is the built-in default (``configs/default.toml`` shipped as package data) merged with
-an optional user TOML file and then with ``--set section.key=value`` overrides. Every key is
+A config is either the built-in demo (``pipeline/default.toml``, package data) or a user TOML
+file over the dataclass defaults (the paper's settings), then ``--set section.key=value``
+overrides. Every key is
 checked against the dataclass fields: an unknown key, a wrong type or an out-of-range value is a
 :class:`ConfigError` naming the key, where it came from and the expected form.
 
@@ -377,19 +378,20 @@ def _check_consistency(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: pretrain.crop_area must be [min, max] with 0 < min <= max <= 1")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                use_default: bool = True) -> Config:
-    """Default config ← user TOML ← ``--set`` overrides, validated once."""
-    raw: dict[str, Any] = tomllib.loads(default_toml_text()) if use_default else {}
-    sources = ["built-in default config"] if use_default else []
-    where = "built-in default config"
-    if path is not None:
-        user = _read_toml(Path(path))
-        # A user dataset table replaces the default one of that name wholesale.
-        for name in user.get("datasets", {}):
-            raw.get("datasets", {}).pop(name, None)
-        raw = _merge(raw, user)
-        sources.append(str(path))
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The built-in demo config, or a user TOML over the dataclass defaults; then ``--set`` overrides.
+
+    The dataclass defaults are the paper's full-scale settings; the built-in file (package data)
+    turns them into the synthetic CPU demo. A user file starts from the dataclass defaults, so no
+    demo value leaks into a real run.
+    """
+    if path is None:
+        raw: dict[str, Any] = tomllib.loads(default_toml_text())
+        sources = ["built-in default config"]
+        where = "built-in default config"
+    else:
+        raw = _read_toml(Path(path))
+        sources = [str(path)]
         where = f"config file {path}"
     for item in overrides:
         keypath, value = parse_override(item)

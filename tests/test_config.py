@@ -75,12 +75,14 @@ def test_unknown_dataset_reference():
         load_config(overrides=["finetune.dataset=ucf11"])
 
 
-def test_user_dataset_table_replaces_default(tmp_path: Path):
+def test_user_file_starts_from_paper_defaults_not_the_demo(tmp_path: Path):
     f = tmp_path / "real.toml"
-    f.write_text('[datasets.hmdb51]\nkind = "hmdb51"\nroot = "/data/hmdb51"\nannotations = ["/data/splits"]\n')
+    f.write_text('[datasets.hmdb51]\nkind = "hmdb51"\nroot = "/data/hmdb51"\nannotations = ["/data/splits"]\n'
+                 '[datasets.kinetics400]\nkind = "kinetics400"\nroot = "/data/k400"\n')
     cfg = load_config(f)
-    assert cfg.datasets["hmdb51"].root == "/data/hmdb51"
-    assert cfg.datasets["hmdb51"].split == 1  # dataclass default, not the synthetic table's
+    assert cfg.datasets["hmdb51"].root == "/data/hmdb51" and set(cfg.datasets) == {"hmdb51", "kinetics400"}
+    assert cfg.teacher.backend == "schp" and cfg.model.width == 1.0 and cfg.clips.clip_len == 16
+    assert cfg.pretrain.epochs == 200 and cfg.finetune.protocol == "auto"
 
 
 def test_semantic_dict_drops_execution_keys():
@@ -95,5 +97,5 @@ def test_dump_roundtrip(tmp_path: Path):
     cfg = load_config(overrides=["pretrain.epochs=5"])
     f = tmp_path / "resolved.toml"
     f.write_text(dump_toml(cfg))
-    again = load_config(f, use_default=False)
+    again = load_config(f)
     assert again.to_dict() == cfg.to_dict()
