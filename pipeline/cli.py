@@ -62,12 +62,17 @@ def fail(message: str) -> None:
 def build(session: Session, cfg: Config, stage: Stage, *, force: bool = False, build_upstream: bool = False,
           dry_run: bool = False, device: str = "auto", **options: Any) -> Path | None:
     """Run one stage (and, if asked, its upstream) with errors turned into clean CLI messages."""
+    from student.checkpointing import TrainingInterrupted
+
     dist = distributed.init_distributed(device)
     try:
         return run_stage(stage, session.work_dir, cfg, dist=dist, force=force, build_upstream=build_upstream,
                          dry_run=dry_run, options=options)
     except (StageError, ConfigError) as exc:
         fail(str(exc))
+    except TrainingInterrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(130)
     return None
 
 

@@ -25,8 +25,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _few_threads(monkeypatch):
-    """Tests run on 2 cores: keep torch from oversubscribing them."""
+    """One intra-op thread: on 2 shared cores, OpenMP spin-waiting makes 2 threads far slower."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield

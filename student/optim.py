@@ -1,0 +1,71 @@
+"""SGD and per-iteration learning-rate schedules as closed-form functions of the step.
+
+The schedules are :class:`torch.optim.lr_scheduler.LambdaLR` over small callable objects (their
+fields land in the scheduler's ``state_dict``), so the learning rate at step ``k`` depends on
+``k`` alone and a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Iterable, Sequence
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+REFERENCE_BATCH = 64
+
+
+def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = REFERENCE_BATCH) -> float:
+    """Linear scaling (RSPNet): ``base_lr`` is for a global batch of ``reference_batch`` clips."""
+    return base_lr * global_batch / reference_batch
+
+
+def build_sgd(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float, momentum: float = 0.9,
+              weight_decay: float = 1e-4) -> torch.optim.SGD:
+    """SGD with momentum and weight decay on every trainable parameter (as RSPNet/MoCo)."""
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("build_sgd: no trainable parameters")
+    return torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class CosineFactor:
+    """lr multiplier at step k: cosine from 1 to ``final_ratio`` over ``total_steps``, no warm-up."""
+
+    def __init__(self, total_steps: int, final_ratio: float = 1e-3) -> None:
+        if total_steps < 1:
+            raise ValueError(f"cosine schedule needs total_steps >= 1, got {total_steps}")
+        self.total_steps = int(total_steps)
+        self.final_ratio = float(final_ratio)
+
+    def __call__(self, step: int) -> float:
+        t = min(max(step, 0), self.total_steps) / self.total_steps
+        return self.final_ratio + (1.0 - self.final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class MultiStepFactor:
+    """lr multiplier at step k: ``gamma`` to the number of milestones (in steps) already passed."""
+
+    def __init__(self, milestones: Sequence[int], gamma: float = 0.1) -> None:
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** bisect.bisect_right(self.milestones, step)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, final_ratio: float = 1e-3) -> LambdaLR:
+    """Per-iteration cosine decay to ``lr * final_ratio`` (RSPNet: lr/1000); call ``.step()`` after each optimizer step."""
+    return LambdaLR(optimizer, CosineFactor(total_steps, final_ratio))
+
+
+def multistep_schedule(optimizer: torch.optim.Optimizer, milestones_steps: Sequence[int], gamma: float = 0.1) -> LambdaLR:
+    """Step decay at the given iteration numbers (e.g. epochs × steps per epoch)."""
+    return LambdaLR(optimizer, MultiStepFactor(milestones_steps, gamma))
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
