@@ -1,0 +1,92 @@
+"""The full pretraining forward: query and key clips → the loss dict (paper Eq. 7).
+
+    L = λ_k·L_KL(g_h(z_h(query)), teacher) + λ_m·L_m(RSP) + λ_a·L_a(A-VID)
+
+Per step (``forward``):
+  1. the query clip runs through the student (f_l, h_h → g_h, h_c → g_m, g_a); the KD branch runs
+     on the query clip only;
+  2. the positive key (same speed as the query, other window of the same video) and the negative
+     key (that key window at the other speed) run through the momentum key encoder under no_grad,
+     with shuffle-BN;
+  3. the losses are computed against a detached copy of the queue;
+  4. only in training mode, still under no_grad and AFTER the losses: the key encoder moves
+     towards the query encoder (θ_k ← mθ_k + (1−m)θ_q) and the other-speed keys' A-VID
+     embeddings (gathered from every rank) are enqueued, as RSPNet fills its queue.
+Doing 4 after the losses means the losses of a step are a function of the state the step
+started from (the keys of step t come from the key encoder after t−1 updates, one update behind
+MoCo's update-first order, an immaterial lag at m = 0.999) and that a resumed checkpoint replays
+exactly. ``eval()`` computes the same losses and changes no state.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.distributed import all_gather_tensor
+from student.losses import avid_loss, kd_loss, rsp_loss
+from student.model import MultiTaskStudent
+from student.moco import KeyQueue, MomentumEncoder, batch_shuffle_ddp, batch_unshuffle_ddp
+
+
+class PretrainModel(nn.Module):
+    """Student + momentum key encoder + key queue; ``state_dict`` holds all three."""
+
+    def __init__(self, backbone: str = "c3d", width: float = 1.0, split_after: int = 3, num_parts: int = 7,
+                 parse_size: int = 28, kd: bool = True, task_dependent: bool = True, proj_dim: int = 128,
+                 decoder_channels: int | None = None, queue_size: int = 16384, momentum: float = 0.999,
+                 tau: float = 0.07, margin: float = 2.0, lambda_kd: float = 1.0, lambda_m: float = 1.0,
+                 lambda_a: float = 1.0) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"PretrainModel: momentum must be in [0, 1], got {momentum}")
+        self.student = MultiTaskStudent(backbone, width, split_after, num_parts, parse_size, kd, task_dependent,
+                                        proj_dim, decoder_channels)
+        s = self.student
+        self.key_encoder = MomentumEncoder(s.f_l, s.h_c, s.g_m, s.g_a)
+        self.queue = KeyQueue(proj_dim, queue_size)
+        self.momentum, self.tau, self.margin = momentum, tau, margin
+        self.lambda_kd, self.lambda_m, self.lambda_a = lambda_kd, lambda_m, lambda_a
+
+    @property
+    def kd(self) -> bool:
+        return self.student.kd
+
+    @torch.no_grad()
+    def _keys(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(emb_m, emb_a) of key clips from the key encoder, with shuffle-BN."""
+        shuffled, idx_unshuffle = batch_shuffle_ddp(clips)
+        emb_m, emb_a = self.key_encoder(shuffled)
+        return batch_unshuffle_ddp(emb_m, idx_unshuffle), batch_unshuffle_ddp(emb_a, idx_unshuffle)
+
+    def forward(self, query: torch.Tensor, key_pos: torch.Tensor, key_neg: torch.Tensor,
+                teacher_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Clips (B, 3, T, H, W); ``teacher_target`` (B, num_parts, S, S) probabilities already cut and
+        resampled to the decoder's S (required when kd, ignored otherwise).
+
+        Returns ``loss`` (differentiable) and detached ``loss_kd`` (0 without KD), ``loss_rsp``,
+        ``loss_avid``, ``acc_rsp``, ``acc_avid_pos``, ``acc_avid_neg``.
+        """
+        if not (query.shape == key_pos.shape == key_neg.shape):
+            raise ValueError(f"PretrainModel: query {tuple(query.shape)}, key_pos {tuple(key_pos.shape)} and "
+                             f"key_neg {tuple(key_neg.shape)} must have the same shape")
+        if self.kd and teacher_target is None:
+            raise ValueError("PretrainModel: kd=True needs teacher_target (B, num_parts, S, S)")
+        out = self.student(query)
+        kp_m, kp_a = self._keys(key_pos)
+        kn_m, kn_a = self._keys(key_neg)
+
+        if self.kd:
+            loss_kd = kd_loss(out["parse_logits"], teacher_target)  # type: ignore[arg-type]
+        else:
+            loss_kd = query.new_zeros((), dtype=torch.float32)
+        rsp = rsp_loss(out["emb_m"], kp_m, kn_m, self.tau, self.margin)  # type: ignore[arg-type]
+        avid = avid_loss(out["emb_a"], kp_a, kn_a, self.queue.snapshot(), self.tau)  # type: ignore[arg-type]
+        loss = self.lambda_kd * loss_kd + self.lambda_m * rsp.loss + self.lambda_a * avid.loss
+
+        if self.training:
+            with torch.no_grad():
+                s = self.student
+                self.key_encoder.update(s.f_l, s.h_c, s.g_m, s.g_a, self.momentum)
+                self.queue.enqueue(all_gather_tensor(kn_a.contiguous()))
+        return dict(loss=loss, loss_kd=loss_kd.detach(), loss_rsp=rsp.loss.detach(), loss_avid=avid.loss.detach(),
+                    acc_rsp=rsp.acc, acc_avid_pos=avid.acc_pos, acc_avid_neg=avid.acc_neg)
