@@ -20,7 +20,6 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -218,8 +217,9 @@ def worker_init(worker_id: int) -> None:
     Ctrl-C and cluster schedulers signal the whole process group; a worker that died of it would
     make the main process fail on its next batch instead of saving a checkpoint at the step
     boundary (``GracefulStop``). The main process shuts the workers down when it exits.
+    OpenCV's thread count is left alone: ``cv2.setNumThreads`` in a forked worker can deadlock
+    when the parent already started OpenCV's pool (see data_manifests/video.py).
     """
-    cv2.setNumThreads(1)
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

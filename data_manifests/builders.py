@@ -1,0 +1,139 @@
+"""Build a Manifest from a dataset's official annotations and its video tree.
+
+One pass: parse the annotations (formats/), find every listed video on disk (one walk of the
+root), refuse to go on when many are missing (almost always a wrong root), probe each present
+video once in parallel (frames counted by decoding), and sort videos into usable entries and
+rejected records. A bad video never stops the run; it is rejected with its reason.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Sequence
+
+from data_manifests.formats import folder, hmdb51, kinetics, ucf101
+from data_manifests.formats.common import FileIndex, Listing
+from data_manifests.manifest import REJECT_REASONS, SPLITS, Manifest, VideoEntry
+from data_manifests.probe import probe_videos
+
+FORMATS: dict[str, ModuleType] = {"ucf101": ucf101, "hmdb51": hmdb51, "kinetics400": kinetics, "folder": folder}
+ALIASES = {"kinetics": "kinetics400", "k400": "kinetics400", "ucf": "ucf101", "hmdb": "hmdb51"}
+Annotations = str | os.PathLike | Sequence[str | os.PathLike] | None
+
+
+class MissingVideosError(RuntimeError):
+    """Too many listed videos are not under the root: usually the wrong root folder."""
+
+
+def _kind(kind: str) -> str:
+    k = ALIASES.get(kind.lower(), kind.lower())
+    if k not in FORMATS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(FORMATS)}")
+    return k
+
+
+def _paths(annotations: Annotations) -> list[Path]:
+    if annotations is None:
+        return []
+    if isinstance(annotations, (str, os.PathLike)):
+        return [Path(annotations)]
+    return [Path(a) for a in annotations]
+
+
+def annotation_files(kind: str, annotations: Annotations, split: int = 1) -> list[Path]:
+    """The exact annotation files whose content defines the manifest (for the stage fingerprint)."""
+    return FORMATS[_kind(kind)].annotation_files(_paths(annotations), split)
+
+
+def list_video_files(root: str | os.PathLike) -> list[Path]:
+    """Every video file under ``root`` (any depth, sorted): their (relpath, size, mtime) define
+    which videos a build can find."""
+    root = Path(root)
+    return [root / f for f in FileIndex(root).files]
+
+
+def _check_missing(kind: str, root: Path, listing: Listing, allow_missing: bool,
+                   max_missing_fraction: float) -> None:
+    missing = [item for item in listing.items if item.path is None]
+    n = len(listing.items)
+    if not missing or allow_missing or len(missing) <= max_missing_fraction * n:
+        return
+    example = missing[0]
+    raise MissingVideosError(
+        f"{kind}: {len(missing)} of {n} videos listed by the annotations ({100 * len(missing) / n:.1f}%, "
+        f"more than {100 * max_missing_fraction:g}%) are not under the dataset root {root}; "
+        f"e.g. {example.expected} (listed at {example.source}). Is --root right? It must be the folder "
+        f"that holds the videos. To build from the videos that are there, pass --allow-missing "
+        f"(allow_missing=True).")
+
+
+def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations = None, split: int = 1, *,
+                   min_frames: int = 0, allow_missing: bool = False, workers: int = 2,
+                   progress: bool = True, classes: Sequence[str] | None = None,
+                   max_missing_fraction: float = 0.01) -> tuple[Manifest, list[dict]]:
+    """(manifest of usable videos, rejected records) for dataset ``kind`` under ``root``.
+
+    ``annotations``: ucf101/hmdb51 the folder of official split files; kinetics400 one or more
+    CSVs (or a folder of them, optionally with a .txt class list); folder: none. ``split`` picks
+    the official split (1-3) for ucf101/hmdb51. Rejected records are
+    ``{"id", "path", "reason", "detail"}`` with reason in missing|undecodable|zero_frames|too_short.
+    Raises MissingVideosError when more than ``max_missing_fraction`` of the listed videos are not
+    found, unless ``allow_missing``.
+    """
+    k = _kind(kind)
+    root_path = Path(root).expanduser().absolute()
+    if not root_path.is_dir():
+        raise FileNotFoundError(f"{k}: dataset root {root_path} is not a folder")
+    if min_frames < 0:
+        raise ValueError(f"min_frames must be >= 0, got {min_frames}")
+    index = FileIndex(root_path)
+    listing = FORMATS[k].parse(_paths(annotations), split, index, classes)
+    _check_missing(k, root_path, listing, allow_missing, max_missing_fraction)
+
+    present = [item for item in listing.items if item.path is not None]
+    results = iter(probe_videos([root_path / item.path for item in present], workers=workers,
+                                progress=progress, desc=f"probe {k}"))
+    entries: list[VideoEntry] = []
+    rejected: list[dict] = []
+    for item in listing.items:
+        if item.path is None:
+            rejected.append({"id": item.id, "path": item.expected, "reason": "missing",
+                             "detail": f"listed at {item.source}; not found under {root_path}"})
+            continue
+        res = next(results)
+        info = res.info
+        reason, detail = None, ""
+        if info is None:
+            reason, detail = "undecodable", res.error or ""
+        elif info.frames == 0:
+            reason, detail = "zero_frames", "opens, but no frame decodes"
+        elif info.frames < min_frames:
+            reason, detail = "too_short", f"{info.frames} decodable frames < min_frames={min_frames}"
+        if reason is not None:
+            rejected.append({"id": item.id, "path": item.path, "reason": reason, "detail": detail})
+            continue
+        assert info is not None
+        entries.append(VideoEntry(id=item.id, path=item.path, label=item.label, split=item.split,
+                                  frames=info.frames, fps=info.fps, width=info.width, height=info.height))
+    if not entries:
+        reasons = Counter(r["reason"] for r in rejected)
+        raise ValueError(f"{k}: no usable video under {root_path} ({len(listing.items)} listed; rejected: "
+                         f"{dict(reasons) or 'none'})")
+    return Manifest(dataset=k, root=root_path, classes=list(listing.classes), entries=entries), rejected
+
+
+def summary(manifest: Manifest, rejected: Sequence[dict]) -> list[str]:
+    """Printable lines: usable videos per split and rejected videos per reason."""
+    per_split = manifest.counts()
+    reasons = Counter(r["reason"] for r in rejected)
+    lines = [f"{manifest.dataset}: {len(manifest.entries)} usable videos, {len(manifest.classes)} classes, "
+             f"root {manifest.root}",
+             "  usable:   " + ", ".join(f"{s} {per_split[s]}" for s in SPLITS),
+             f"  rejected: {len(rejected)} (" + ", ".join(f"{r} {reasons.get(r, 0)}" for r in REJECT_REASONS) + ")"]
+    for r in REJECT_REASONS:
+        examples = [x for x in rejected if x["reason"] == r][:3]
+        for x in examples:
+            lines.append(f"    {r}: {x['path']}" + (f" ({x['detail']})" if r != "missing" and x.get("detail") else ""))
+    return lines
