@@ -174,12 +174,13 @@ class StageGraph:
             from student.finetune import finetune
 
             pre = None if f.from_scratch else ctx.upstream_dir("pretrain")
-            return finetune(ctx.upstream_dir("manifest"), pre, ctx.out_dir, m, f, dist=ctx.dist)
+            return finetune(ctx.upstream_dir("manifest"), pre, ctx.out_dir, m, f, dist=ctx.dist,
+                            clip_len=self.cfg.clips.clip_len)
 
         name = self._finetune_name() + ("-scratch" if f.from_scratch else "")
         return self._memo("finetune", lambda: Stage(
             kind="finetune", name=name, version=VERSIONS["finetune"],
-            semantic={"finetune": semantic_dict(f), "model": semantic_dict(m)},
+            semantic={"finetune": semantic_dict(f), "model": semantic_dict(m), "clip_len": self.cfg.clips.clip_len},
             upstream=upstream, build=build,
             command=f"pipeline finetune --dataset {f.dataset}"
                     + (" --from-scratch" if f.from_scratch else ""), parallel=True))
@@ -206,11 +207,12 @@ class StageGraph:
             from student.retrieval import retrieval
 
             return retrieval(ctx.upstream_dir("manifest"), ctx.upstream_dir("pretrain"), ctx.out_dir, r,
-                             dist=ctx.dist)
+                             dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
 
         name = f"{r.dataset}-split{self.cfg.dataset(r.dataset).split}"
         return self._memo("retrieval", lambda: Stage(
-            kind="retrieval", name=name, version=VERSIONS["retrieval"], semantic=semantic_dict(r),
+            kind="retrieval", name=name, version=VERSIONS["retrieval"],
+            semantic={"retrieval": semantic_dict(r), "clip_len": self.cfg.clips.clip_len},
             upstream=[self.manifest(r.dataset), self.pretrain()], build=build,
             command=f"pipeline retrieval --dataset {r.dataset}", parallel=True))
 
