@@ -38,15 +38,22 @@ def results_rows(work: Path, cfg: Config, stages: list[Stage]) -> list[dict]:
             "backbone": f"{cfg.model.backbone} ×{cfg.model.width:g}",
             "init": "scratch" if cfg.finetune.from_scratch else ("full" if cfg.model.kd and cfg.model.task_dependent
                                                                  else "w/o KD" if not cfg.model.kd else "TI"),
-            "protocol": f"{ft_summary.get('protocol', cfg.finetune.protocol)}, "
-                        f"{metrics.get('views_per_video', cfg.evaluate.clips * cfg.evaluate.crops)} views, "
-                        f"epoch on {ft_summary.get('selected_on', cfg.finetune.select_on)}",
+            "protocol": _protocol_text(ft_summary, metrics),
             "top1": 100.0 * metrics["video_top1"],
             "top5": 100.0 * metrics["video_top5"],
             "paper": f"{paper[0]:.1f} / {paper[1]:.1f}" if paper else "-",
             "videos": metrics.get("num_videos", 0),
         })
     return rows
+
+
+def _protocol_text(ft: dict, metrics: dict) -> str:
+    """e.g. "custom: 6 ep, cosine; 4×1 views; epoch 3 chosen on val"."""
+    p = ft.get("protocol", {})
+    sched = p.get("schedule", "?") + (f" {p['milestones']}" if p.get("milestones") else "")
+    return (f"{p.get('name', '?')}: {p.get('epochs', '?')} ep, {sched}; "
+            f"{metrics.get('clips', '?')}×{metrics.get('crops', '?')} views; "
+            f"epoch {ft.get('selected_epoch', '?')} chosen on {ft.get('selected_on', '?')}")
 
 
 def render_table(rows: list[dict]) -> str:
