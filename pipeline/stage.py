@@ -224,8 +224,11 @@ def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None
             run_stage(up, work, config, dist=dist, force=False, build_upstream=True, options=options, _top=False)
 
     out = stage.out_dir(work)
-    done = (out / STAGE_FILE).is_file()
-    done = distributed.broadcast_object(done)
+    fingerprints = distributed.all_gather_objects(stage.fingerprint(work))
+    if len(set(fingerprints)) != 1:
+        raise StageError(f"{stage.key}: ranks disagree on the fingerprint ({', '.join(f[:12] for f in fingerprints)}); "
+                         "every rank must see the same config, files and checkpoints")
+    done = distributed.broadcast_object((out / STAGE_FILE).is_file())
     if done and not force:
         log.info("%s is up to date (%s)", stage.key, out)
         return out
