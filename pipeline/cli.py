@@ -68,12 +68,31 @@ def build(session: Session, cfg: Config, stage: Stage, *, force: bool = False, b
     try:
         return run_stage(stage, session.work_dir, cfg, dist=dist, force=force, build_upstream=build_upstream,
                          dry_run=dry_run, options=options)
-    except (StageError, ConfigError) as exc:
-        fail(str(exc))
     except TrainingInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)
+    except user_errors() as exc:
+        if session.verbose:
+            raise
+        fail(f"{stage.key}: {exc}")
     return None
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that describe bad input (a file, a key, a checkpoint): shown as one clean message;
+    ``-v`` shows the traceback. Anything else is a bug and keeps its traceback."""
+    from data_manifests.builders import MissingVideosError
+    from data_manifests.video import VideoDecodeError
+    from student.checkpointing import CheckpointError as TrainCheckpointError
+    from student.evaluate import EvaluationError
+    from student.finetune import FinetuneError
+    from student.protocols import ProtocolError
+    from student.retrieval import RetrievalError
+    from teacher.cache_format import CacheFormatError
+    from teacher.checkpoint import CheckpointError
+
+    return (StageError, ConfigError, MissingVideosError, VideoDecodeError, TrainCheckpointError, EvaluationError,
+            FinetuneError, ProtocolError, RetrievalError, CacheFormatError, CheckpointError, FileNotFoundError)
 
 
 def common_stage_options(f):

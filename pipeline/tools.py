@@ -25,7 +25,12 @@ def parse_image_cmd(image: Path, checkpoint: Path, labels: str, output: Path, de
     from pipeline.distributed import resolve_device
     from teacher.parse_image import parse_image
 
-    label_map = parse_image(image, checkpoint, labels, output, device=resolve_device(device))
+    from teacher.checkpoint import CheckpointError
+
+    try:
+        label_map = parse_image(image, checkpoint, labels, output, device=resolve_device(device))
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from None
     counts = {int(k): int(v) for k, v in zip(*__import__("numpy").unique(label_map, return_counts=True))}
     click.echo(f"wrote {output} ({label_map.shape[1]}x{label_map.shape[0]}); label histogram {counts}")
 

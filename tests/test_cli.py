@@ -55,3 +55,34 @@ def test_run_dry_run_lists_stages(tmp_path: Path, caplog):
 def test_config_command_prints_resolved_toml(tmp_path: Path):
     result = CliRunner().invoke(main, ["--set", "pretrain.epochs=9", "config"])
     assert result.exit_code == 0 and "epochs = 9" in result.output
+
+
+def test_manifest_command_on_real_hmdb51(tmp_path: Path, shared_data: Path):
+    args = ["--work-dir", str(tmp_path), "manifest", "--dataset", "hmdb51", "--root",
+            str(shared_data / "videos" / "hmdb51"), "--annotations", str(shared_data / "splits" / "hmdb51")]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "Is --root right?" in refused.output and "--allow-missing" in refused.output
+
+    result = CliRunner().invoke(main, args + ["--allow-missing"])
+    assert result.exit_code == 0, result.output
+    assert '"videos": 4' in result.output and '"missing": 6762' in result.output
+
+
+def test_parse_image_command_writes_full_size_png(tmp_path: Path, shared_data: Path):
+    import cv2
+
+    from tests.test_schp import random_state, save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "lip.pth", random_state(20))
+    out = tmp_path / "demo_lip.png"
+    result = CliRunner().invoke(main, ["parse-image", str(shared_data / "images" / "schp_demo.jpg"),
+                                       "--checkpoint", str(ckpt), "--labels", "lip", "-o", str(out),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).shape[:2] == (1333, 2000)
+    assert "label histogram" in result.output
+
+    wrong = CliRunner().invoke(main, ["parse-image", str(shared_data / "images" / "schp_demo.jpg"),
+                                      "--checkpoint", str(ckpt), "--labels", "atr", "-o", str(out)])
+    assert wrong.exit_code != 0 and "20 classes" in wrong.output and "Traceback" not in wrong.output
