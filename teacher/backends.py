@@ -78,7 +78,7 @@ class SchpBackend:
     needs_frames = True
 
     def __init__(self, checkpoint: str | Path, labels: str, *, map_size: int, input_size: int = 0,
-                 device: str = "cpu", amp: str = "off", flip: bool = False) -> None:
+                 device: str = "cpu", amp: str = "off", flip: bool = False, sha256: str | None = None) -> None:
         from teacher.checkpoint import load_schp
 
         if not str(checkpoint):
@@ -92,7 +92,7 @@ class SchpBackend:
         self.device = device
         self.amp_dtype = resolve_amp(amp, device)
         self.flip = flip
-        self.model = load_schp(checkpoint, labels, device)
+        self.model = load_schp(checkpoint, labels, device, sha256=sha256)
         log.info("SCHP teacher: %s labels, input %d², maps %d², device %s, autocast %s, flip test %s",
                  labels, self.input_size, map_size, device, self.amp_dtype, flip)
 
@@ -162,11 +162,11 @@ def input_loader(backend: str) -> Loader:
 
 def make_backend(backend: str, *, checkpoint: str = "", labels: str = "lip", map_size: int = 64,
                  input_size: int = 0, device: str = "cpu", amp: str = "off", flip: bool = False,
-                 softness: float = 1.5) -> TeacherBackend:
+                 softness: float = 0.5, sha256: str | None = None) -> TeacherBackend:
     """Build the named backend (the SCHP model is loaded here, on ``device``)."""
     if backend == "schp":
         return SchpBackend(checkpoint, labels, map_size=map_size, input_size=input_size, device=device,
-                           amp=amp, flip=flip)
+                           amp=amp, flip=flip, sha256=sha256)
     if backend == "rendered":
         if labels != "pascal":
             log.info("rendered teacher: maps use the Pascal-Person-Part labels (teacher.labels=%r ignored)", labels)

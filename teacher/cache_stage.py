@@ -251,7 +251,8 @@ def build_teacher_cache(manifest_dir: Path, out_dir: Path, teacher: TeacherConfi
         try:
             builder.backend = make_backend(teacher.backend, checkpoint=teacher.checkpoint, labels=teacher.labels,
                                            map_size=teacher.map_size, input_size=teacher.input_size, device=device,
-                                           amp=teacher.amp, flip=teacher.flip_test, softness=teacher.softness)
+                                           amp=teacher.amp, flip=teacher.flip_test, softness=teacher.softness,
+                                           sha256=checkpoint_sha256 or None)
             t0 = time.perf_counter()  # throughput excludes loading the model
             with Progress(n_todo, "teacher-cache", "clip", enabled=dist.is_main) as bar:
                 for g, inputs, errors in it:

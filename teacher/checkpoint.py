@@ -91,8 +91,13 @@ def _check_keys(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor])
         raise CheckpointError(f"SCHP checkpoint {path}: {len(bad)} tensors have the wrong shape, e.g. {bad[:3]}")
 
 
-def load_schp(path: str | Path, labels: str, device: str | torch.device = "cpu") -> AugmentCE2P:
-    """The SCHP network for label set ``labels`` with the checkpoint's weights, in eval mode on ``device``."""
+def load_schp(path: str | Path, labels: str, device: str | torch.device = "cpu", *,
+              sha256: str | None = None) -> AugmentCE2P:
+    """The SCHP network for label set ``labels`` with the checkpoint's weights, in eval mode on ``device``.
+
+    ``sha256``: the file's digest when the caller already has it (the stage engine caches it), so a
+    267 MB checkpoint is not hashed again just for the log line.
+    """
     path = Path(path)
     check_label_set(labels)
     state = read_state_dict(path)
@@ -111,5 +116,5 @@ def load_schp(path: str | Path, labels: str, device: str | torch.device = "cpu")
     model.load_state_dict(state, strict=True, assign=True)
     negative = sum(int((m.weight < 0).sum()) for m in model.modules() if isinstance(m, ABNNorm))
     log.info("loaded SCHP checkpoint %s (sha256 %s, labels %s, %d classes, %d negative norm weights)",
-             path, sha256_file(path), labels, n_expected, negative)
+             path, sha256 or sha256_file(path), labels, n_expected, negative)
     return model.to(device).eval()
