@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from data_manifests.manifest import Manifest, VideoEntry
 from data_manifests.video import read_frames
+from student.transforms import sample_crop
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -49,28 +50,9 @@ def random_train_start(num_frames: int, clip_len: int, rng: np.random.Generator)
 
 def random_resized_box(height: int, width: int, area: Sequence[float], rng: np.random.Generator,
                        ratio: Sequence[float] = ASPECT) -> tuple[int, int, int, int]:
-    """A pixel box (x0, y0, x1, y1) covering a random area fraction and aspect (torchvision's rule:
-    10 tries, then the largest centred box of a clamped aspect)."""
-    total = height * width
-    log_r = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = total * rng.uniform(area[0], area[1])
-        aspect = math.exp(rng.uniform(*log_r))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            y0 = int(rng.integers(0, height - h + 1))
-            x0 = int(rng.integers(0, width - w + 1))
-            return x0, y0, x0 + w, y0 + h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    x0, y0 = (width - w) // 2, (height - h) // 2
-    return x0, y0, x0 + w, y0 + h
+    """A pixel box (x0, y0, x1, y1) from the same RandomResizedCrop rule as pretraining."""
+    c = sample_crop(height, width, area, ratio, rng)
+    return c.left, c.top, c.left + c.width, c.top + c.height
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

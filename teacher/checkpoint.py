@@ -1,7 +1,7 @@
 """Loading SCHP's released checkpoints into the plain-PyTorch network, with clear errors."""
 from __future__ import annotations
 
-import hashlib
+
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.fingerprint import sha256_file
 from teacher.labels import LABEL_SETS, check_label_set
 from teacher.norm import ABNNorm
 from teacher.schp import AugmentCE2P, build_schp
@@ -22,15 +23,6 @@ _LABELS_BY_CLASSES = {len(v): k for k, v in LABEL_SETS.items()}
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used as an SCHP teacher; the message names the file."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (streamed, so a 267 MB checkpoint does not sit in memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

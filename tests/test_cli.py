@@ -72,7 +72,7 @@ def test_manifest_command_on_real_hmdb51(tmp_path: Path, shared_data: Path):
 def test_parse_image_command_writes_full_size_png(tmp_path: Path, shared_data: Path):
     import cv2
 
-    from tests.test_schp import random_state, save_checkpoint
+    from test_schp import random_state, save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "lip.pth", random_state(20))
     out = tmp_path / "demo_lip.png"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tests.test_end_to_end import TINY
+from test_end_to_end import TINY
 
 
 def _free_port() -> int:
