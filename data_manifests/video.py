@@ -28,10 +28,14 @@ VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", "
 class VideoDecodeError(RuntimeError):
     """A video cannot be opened or a requested frame does not decode; names the file (and index)."""
 
-    def __init__(self, path: str | Path, what: str, index: int | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, what: str | None = None, index: int | None = None) -> None:
+        # One-argument form: a DataLoader re-raises a worker's exception as ``type(message)``.
+        self.path = Path(path) if what is not None else None
         self.index = index
-        super().__init__(f"{path}: {what}")
+        super().__init__(f"{path}: {what}" if what is not None else str(path))
+
+    def __reduce__(self):
+        return (type(self), (str(self),))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from pipeline.progress import MetricsLog, Progress
 from student.checkpointing import (CheckpointError, GracefulStop, TrainingInterrupted, capture_rng,
                                    load_checkpoint, restore_rng, save_checkpoint)
 from student.optim import build_sgd, cosine_schedule, current_lr, scaled_lr
-from student.pretrain_data import PretrainClipDataset, build_pretrain_loader, steps_per_epoch
+from student.pretrain_data import PretrainClipDataset, build_pretrain_loader, shutdown_workers, steps_per_epoch
 from student.pretrain_model import PretrainModel
 
 log = logging.getLogger("pipeline.pretrain")
@@ -354,6 +354,7 @@ def _run(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, ckpt_path: P
     finally:
         bar.close()
         metrics.close()
+        shutdown_workers(loader)
 
     elapsed = time.perf_counter() - t_start
     clips_per_s = steps_run * global_batch / elapsed if steps_run else 0.0

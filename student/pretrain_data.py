@@ -225,6 +225,19 @@ def worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now, through the loader's own done-event protocol.
+
+    Workers ignore SIGTERM (see :func:`worker_init`), so they must not be left for
+    multiprocessing's exit handler, which stops children with SIGTERM and then waits for them:
+    after an exception in the training loop that wait would never end.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 def build_pretrain_loader(dataset: PretrainClipDataset, batch_size: int, workers: int, *, rank: int = 0,
                           world_size: int = 1, seed: int = 0, pin_memory: bool = False) -> tuple[DataLoader, EpochSampler]:
     """The loader and its sampler; call ``sampler.set_epoch(epoch, start)`` before each ``iter(loader)``."""

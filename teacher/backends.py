@@ -93,6 +93,9 @@ class SchpBackend:
         self.amp_dtype = resolve_amp(amp, device)
         self.flip = flip
         self.model = load_schp(checkpoint, labels, device, sha256=sha256)
+        if self.amp_dtype is not None:
+            # NHWC convolutions: what half-precision kernels are fastest with (bench/teacher_cache.py).
+            self.model = self.model.to(memory_format=torch.channels_last)
         log.info("SCHP teacher: %s labels, input %d², maps %d², device %s, autocast %s, flip test %s",
                  labels, self.input_size, map_size, device, self.amp_dtype, flip)
 
