@@ -211,22 +211,15 @@ def adjust_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hue from the largest channel's sector (where two channels tie for largest, both sector
+    formulas give the same hue, so which one wins does not matter)."""
     r, g, b = x.unbind(dim=-3)
-    maxc = x.amax(dim=-3)
-    minc = x.amin(dim=-3)
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_div = torch.where(eqc, ones, cr)
-    rc = (maxc - r) / cr_div
-    gc = (maxc - g) / cr_div
-    bc = (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.remainder((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    return h, s, maxc
+    maxc, which = x.max(dim=-3)
+    cr = maxc - x.amin(dim=-3)
+    s = cr / torch.where(cr > 0, maxc, torch.ones_like(maxc))
+    safe = torch.where(cr > 0, cr, torch.ones_like(cr))
+    h = torch.where(which == 0, (g - b) / safe, torch.where(which == 1, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    return torch.remainder(h / 6.0, 1.0), s, maxc
 
 
 def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
