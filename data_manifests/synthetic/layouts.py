@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .actions import hmdb_name, kinetics_label, ucf_name
-from .render import VideoJob
+from .render import Look, VideoJob
 from .spec import SyntheticSpec
 
 DATASET_CODES = {"kinetics": 1, "ucf101": 2, "hmdb51": 3}
@@ -56,7 +56,8 @@ def _rng(*seed: int) -> np.random.Generator:
 
 def _job(spec: SyntheticSpec, cls: str, actor: tuple[int, ...], clip: tuple[int, ...]) -> VideoJob:
     w, h = spec.size
-    return VideoJob(cls, actor, clip, spec.frames, w, h, spec.fps)
+    look = Look(spec.figure_scale, spec.max_yaw, spec.limb_thickness, spec.distractors)
+    return VideoJob(cls, actor, clip, spec.frames, w, h, spec.fps, look)
 
 
 def plan_kinetics(spec: SyntheticSpec) -> list[PlannedVideo]:

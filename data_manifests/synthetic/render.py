@@ -25,8 +25,24 @@ OUTLINE_GAIN = 9 / 16          # brightness of the outline pixels where two draw
 
 
 @dataclass(frozen=True)
+class Look:
+    """Difficulty knobs shared by every video of a dataset (``SyntheticSpec`` carries them).
+
+    ``figure_scale``: range of the actor's standing height as a fraction of the frame height;
+    ``max_yaw``: the actor turns up to this many degrees away from the camera (views where a
+    sideways arm swing is foreshortened); ``limb_thickness``: multiplier on limb widths;
+    ``distractors``: inclusive range of moving distractor objects in the scene.
+    """
+
+    figure_scale: tuple[float, float] = (0.72, 0.88)
+    max_yaw: float = 45.0
+    limb_thickness: float = 1.3
+    distractors: tuple[int, int] = (1, 3)
+
+
+@dataclass(frozen=True)
 class VideoJob:
-    """What to render: the action, the seeds, and the clip geometry."""
+    """What to render: the action, the seeds, the clip geometry and the dataset's difficulty."""
 
     action: str
     actor_seed: tuple[int, ...]
@@ -35,6 +51,7 @@ class VideoJob:
     width: int
     height: int
     fps: float
+    look: Look = Look()
 
 
 @dataclass
@@ -52,12 +69,14 @@ def _jit(rng: np.random.Generator, col, j: int = 14) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.clip(np.asarray(col) + rng.integers(-j, j + 1, 3), 0, 255))
 
 
-def sample_body(rng: np.random.Generator) -> Body:
-    """An actor: proportions around the defaults, a skin tone and clothes from the shared palette."""
+def sample_body(rng: np.random.Generator, thickness: float = 1.0) -> Body:
+    """An actor: proportions around the defaults, a skin tone and clothes from the shared palette;
+    ``thickness`` scales every limb's width."""
     d = Body()
     ln, wd, hd = (float(rng.uniform(0.92, 1.08)) for _ in range(3))
     legs, arms = float(rng.uniform(0.93, 1.07)), float(rng.uniform(0.93, 1.07))
     wide = float(rng.uniform(0.85, 1.2))
+    limb = wide * thickness
     skin = _jit(rng, SKIN_TONES[rng.integers(len(SKIN_TONES))], 8)
     shirt_i, pants_i, shoe_i = rng.choice(len(PALETTE), 3, replace=False)
     shirt, pants, shoes = (_jit(rng, PALETTE[i]) for i in (shirt_i, pants_i, shoe_i))
@@ -78,8 +97,8 @@ def sample_body(rng: np.random.Generator) -> Body:
         hip_joint_w=d.hip_joint_w * wd, torso_depth=d.torso_depth * wide,
         upper_arm=d.upper_arm * arms, lower_arm=d.lower_arm * arms, hand_r=d.hand_r,
         upper_leg=d.upper_leg * legs, lower_leg=d.lower_leg * legs, foot=d.foot,
-        t_upper_arm=d.t_upper_arm * wide, t_lower_arm=d.t_lower_arm * wide,
-        t_upper_leg=d.t_upper_leg * wide, t_lower_leg=d.t_lower_leg * wide,
+        t_upper_arm=d.t_upper_arm * limb, t_lower_arm=d.t_lower_arm * limb,
+        t_upper_leg=d.t_upper_leg * limb, t_lower_leg=d.t_lower_leg * limb,
         colors=tuple(colors[name] for name in INSTANCES),
     )
 
@@ -88,15 +107,16 @@ def render_video(job: VideoJob) -> Rendered:
     """Frames (BGR) and part masks of one video; pure function of ``job``."""
     T, W, H = job.frames, job.width, job.height
     actor_rng, rng = _rng(job.actor_seed), _rng(job.clip_seed)
-    body = sample_body(actor_rng)
+    look = job.look
+    body = sample_body(actor_rng, look.limb_thickness)
     place_rng = _rng(tuple(job.actor_seed) + (7,))
     act = get_action(job.action)
     style = Style(amp=float(rng.uniform(0.85, 1.15)), side=str(rng.choice(["l", "r"])),
                   variant=int(rng.integers(act.variants)))
     hz = act.hz * float(rng.uniform(0.75, 1.35))
     phase0 = float(rng.uniform(0, 1))
-    yaw = float(rng.uniform(-70, 70))
-    scale = float(rng.uniform(0.55, 0.78)) * H
+    yaw = float(rng.uniform(-look.max_yaw, look.max_yaw))
+    scale = float(rng.uniform(*look.figure_scale)) * H
     ground_v = float(rng.uniform(0.86, 0.97)) * H
     # pose wobble: two slow sinusoids per angle, so no two videos follow the exact template
     wob_amp = rng.uniform(0.0, 4.0)
@@ -111,7 +131,7 @@ def render_video(job: VideoJob) -> Rendered:
     u0 = float(rng.uniform(0.38, 0.62)) * W - 0.5 * travel * travel_scale
 
     clothes = [body.colors[INST[n]] for n in ("torso", "upper_leg_l", "lower_arm_l", "shoe_l")]
-    scene = make_scene(rng, W, H, T, clothes, ground_v, place_rng=place_rng)
+    scene = make_scene(rng, W, H, T, clothes, ground_v, place_rng=place_rng, distractors=look.distractors)
     lut = body.color_lut()
     part_lut = np.zeros(256, dtype=np.uint8)
     part_lut[: len(INSTANCE_TO_PART)] = INSTANCE_TO_PART

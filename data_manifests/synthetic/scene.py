@@ -158,8 +158,9 @@ def _texture(rng: np.random.Generator, w: int, h: int, clothes: list[tuple[int, 
 
 def make_scene(rng: np.random.Generator, width: int, height: int, frames: int,
                clothes: list[tuple[int, int, int]], ground_v: float,
-               place_rng: np.random.Generator | None = None) -> Scene:
-    """Sample one video's surroundings. ``clothes`` are the actor's colours, reused by distractors.
+               place_rng: np.random.Generator | None = None, distractors: tuple[int, int] = (2, 5)) -> Scene:
+    """Sample one video's surroundings. ``clothes`` are the actor's colours, reused by distractors;
+    ``distractors`` is the inclusive range of how many moving objects there are.
 
     ``place_rng`` (default ``rng``) draws the background texture and floor: UCF101-style groups
     pass a per-group generator so clips of one group share their place, like the real dataset.
@@ -189,8 +190,9 @@ def make_scene(rng: np.random.Generator, width: int, height: int, frames: int,
         tw = int(width + abs(speed) * frames + 4)
         tex = _texture(rng, tw + width, bh, clothes)
         band = (y0, y0 + bh, tex, speed)
+    n_distractors = int(rng.integers(distractors[0], distractors[1] + 1))
     distractors = []
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(n_distractors):
         front = bool(rng.random() < 0.3)
         size = float(rng.uniform(0.04, 0.09) if front else rng.uniform(0.05, 0.16)) * height
         if rng.random() < 0.5:

@@ -25,10 +25,26 @@ class SyntheticSpec:
     frames: int = 48
     size: tuple[int, int] = (112, 112)      # (width, height)
     fps: float = 25.0
+    # difficulty knobs (see render.Look): how big the actor is, how far it turns, how busy the scene is
+    figure_scale: tuple[float, float] = (0.72, 0.88)   # standing height / frame height, drawn per video
+    max_yaw: float = 45.0                   # degrees; 0 faces the camera, 90 is a profile
+    limb_thickness: float = 1.3             # multiplier on every limb's thickness
+    distractors: tuple[int, int] = (1, 3)   # moving distractor objects per video, inclusive range
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
         self.size = (int(self.size[0]), int(self.size[1]))
+        self.figure_scale = (float(self.figure_scale[0]), float(self.figure_scale[1]))
+        self.distractors = (int(self.distractors[0]), int(self.distractors[1]))
+        lo, hi = self.figure_scale
+        if not 0.1 <= lo <= hi <= 1.2:
+            raise ValueError(f"SyntheticSpec.figure_scale must be (lo, hi) with 0.1 <= lo <= hi <= 1.2, got {self.figure_scale}")
+        if not 0.0 <= self.max_yaw <= 90.0:
+            raise ValueError(f"SyntheticSpec.max_yaw must be in [0, 90] degrees, got {self.max_yaw}")
+        if not 0.25 <= self.limb_thickness <= 4.0:
+            raise ValueError(f"SyntheticSpec.limb_thickness must be in [0.25, 4], got {self.limb_thickness}")
+        if not 0 <= self.distractors[0] <= self.distractors[1]:
+            raise ValueError(f"SyntheticSpec.distractors must be (min, max) with 0 <= min <= max, got {self.distractors}")
         unknown = [c for c in self.classes if c not in ACTIONS]
         if unknown:
             raise ValueError(f"SyntheticSpec.classes: unknown action(s) {unknown}; known: {sorted(ACTIONS)}")
@@ -52,13 +68,15 @@ class SyntheticSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["classes"], d["size"] = list(self.classes), list(self.size)
+        d["figure_scale"], d["distractors"] = list(self.figure_scale), list(self.distractors)
         return d
 
 
 def spec_from_config(cfg: Any) -> SyntheticSpec:
     """A SyntheticSpec from the pipeline's ``[synthetic]`` config section (or any object with the
     same attribute names: seed, frames, width, height, fps, *_per_class; optionally classes,
-    ucf_groups, kinetics_val_fraction). Missing attributes keep the spec defaults."""
+    ucf_groups, kinetics_val_fraction and the difficulty knobs figure_scale, max_yaw,
+    limb_thickness, distractors). Missing attributes keep the spec defaults."""
     d = SyntheticSpec()
     get = lambda name, default: getattr(cfg, name, default)  # noqa: E731
     return SyntheticSpec(
@@ -72,4 +90,8 @@ def spec_from_config(cfg: Any) -> SyntheticSpec:
         frames=int(get("frames", d.frames)),
         size=(int(get("width", d.size[0])), int(get("height", d.size[1]))),
         fps=float(get("fps", d.fps)),
+        figure_scale=tuple(get("figure_scale", d.figure_scale)),
+        max_yaw=float(get("max_yaw", d.max_yaw)),
+        limb_thickness=float(get("limb_thickness", d.limb_thickness)),
+        distractors=tuple(get("distractors", d.distractors)),
     )
