@@ -15,7 +15,7 @@ import pytest
 from data_manifests.synthetic import (DEFAULT_CLASSES, INDEX_FILE, SyntheticSpec, generate_synthetic,
                                       kinetics_label, load_part_masks, mask_path_for, spec_from_config, ucf_name)
 from data_manifests.synthetic.layouts import hmdb_split_flags, plan_dataset, ucf_test_groups
-from data_manifests.synthetic.render import OUTLINE_GAIN, render_video
+from data_manifests.synthetic.render import OUTLINE_GAIN, Look, VideoJob, render_video
 from teacher.rendered import RENDERED_LABELS, rendered_maps
 
 TINY = SyntheticSpec(seed=3, kinetics_per_class=2, ucf_per_class=3, ucf_groups=3, hmdb_per_class=2,
@@ -266,6 +266,46 @@ def test_spec_validation_and_config_mapping():
     assert (spec.seed, spec.frames, spec.size, spec.fps) == (5, 32, (112, 112), 30.0)
     assert (spec.kinetics_per_class, spec.ucf_per_class, spec.hmdb_per_class) == (4, 6, 8)
     assert spec.classes == DEFAULT_CLASSES
+    # difficulty knobs: spec defaults unless the section carries them
+    d = SyntheticSpec()
+    assert (spec.figure_scale, spec.max_yaw, spec.limb_thickness, spec.distractors) == \
+        (d.figure_scale, d.max_yaw, d.limb_thickness, d.distractors)
+
+    class Harder(Section):
+        figure_scale, max_yaw, limb_thickness, distractors = [0.5, 0.6], 80, 1.0, [3, 6]
+
+    hard = spec_from_config(Harder())
+    assert (hard.figure_scale, hard.max_yaw, hard.limb_thickness, hard.distractors) == ((0.5, 0.6), 80.0, 1.0, (3, 6))
+    assert plan_dataset(hard)[0].job.look == Look((0.5, 0.6), 80.0, 1.0, (3, 6))
+    assert SyntheticSpec(**hard.to_dict()) == hard                              # round-trips through JSON types
+    for bad, match in (({"figure_scale": (0.9, 0.5)}, "figure_scale"), ({"max_yaw": 120}, "max_yaw"),
+                       ({"limb_thickness": 0.1}, "limb_thickness"), ({"distractors": (4, 2)}, "distractors")):
+        with pytest.raises(ValueError, match=match):
+            SyntheticSpec(**bad)
+
+
+def test_difficulty_knobs_change_what_is_rendered():
+    """Figure height follows figure_scale, max_yaw 0 faces the camera, distractors counts objects,
+    limb_thickness widens the limbs: same seeds, one knob changed at a time."""
+    def job(**look) -> VideoJob:
+        return VideoJob("jumping_jack", (1, 2, 3), (1, 2, 3, 4), 12, 96, 96, 12.0, Look(**look))
+
+    def height(masks: np.ndarray) -> float:        # median over frames of the figure's vertical extent
+        rows = [np.flatnonzero((m > 0).any(1)) for m in masks]
+        return float(np.median([r[-1] - r[0] + 1 for r in rows if len(r)]))
+
+    base = dict(figure_scale=(0.5, 0.5), max_yaw=30.0, limb_thickness=1.0, distractors=(0, 0))
+    small = render_video(job(**base))
+    big = render_video(job(**{**base, "figure_scale": (0.8, 0.8)}))
+    assert small.info["scale_px"] == 48.0 and big.info["scale_px"] == 76.8
+    assert 1.4 < height(big.masks) / height(small.masks) < 1.8
+    assert abs(small.info["yaw_deg"]) <= 30.0
+    assert render_video(job(**{**base, "max_yaw": 0.0})).info["yaw_deg"] == 0.0
+    assert small.info["distractors"] == 0
+    assert render_video(job(**{**base, "distractors": (4, 4)})).info["distractors"] == 4
+    thick = render_video(job(**{**base, "limb_thickness": 2.0}))
+    limbs = lambda m: int(np.isin(m, (3, 4, 5, 6)).sum())       # noqa: E731  (arm and leg parts)
+    assert limbs(thick.masks) > 1.3 * limbs(small.masks)
 
 
 def test_real_manifest_builders_parse_the_layouts(dataset):
