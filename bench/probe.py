@@ -23,18 +23,9 @@ import cv2  # noqa: E402
 import joblib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import cpu_model  # noqa: E402
 from data_manifests.builders import list_video_files  # noqa: E402
 from data_manifests.probe import probe_videos  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -73,7 +64,7 @@ def main() -> None:
 
     record = {
         "benchmark": "manifest probe (decode-count every video once)",
-        "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
                     "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "versions": {"python": platform.python_version(), "opencv": cv2.__version__, "joblib": joblib.__version__,
                      "numpy": np.__version__},
