@@ -94,7 +94,7 @@ class TeacherConfig:
     map_size: int = _opt(64, min=8)
     shard_size: int = _opt(2048, min=1)
     flip_test: bool = _opt(False)
-    softness: float = _opt(0.5, min=0.0)  # rendered backend only: blur (in map pixels) of the part masks
+    softness: float = _opt(0.5, min=0.0, max=1.0)  # rendered backend only: blur (in map pixels) of the part masks
     batch_size: int = _exec(16, min=1)
     workers: int = _exec(2, min=0)
     device: str = _exec("auto")
