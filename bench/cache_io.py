@@ -147,7 +147,8 @@ def main() -> None:
                 "storage_bytes_per_map": round(storage / args.maps), "float32_bytes_per_map": raw,
                 "random_read_maps_per_s": round(rate, 1),
                 "read_seconds_per_round": [round(x, 4) for x in read_s[(d, z)]],
-                "write_maps_per_s": round(args.maps / write_s[(d, z)], 1), **{k: float(f"{v:.3g}") for k, v in err.items()},
+                "write_maps_per_s": round(args.maps / write_s[(d, z)], 1),
+                **{k: float(f"{v:.3g}") for k, v in err.items()},
             }
             rows.append({"C": c, "dtype": d, "compr": z, "bytes/map": round(file_bytes / args.maps),
                          "x float32": raw / (file_bytes / args.maps), "reads/s": rate,
@@ -164,7 +165,8 @@ def main() -> None:
         notes.append(
             f"C={c}: float16+lzf {fl['bytes_per_map']} B/map at {fl['random_read_maps_per_s']} reads/s "
             f"(none: {fn['bytes_per_map']} B, {fn['random_read_maps_per_s']}/s; gzip: {fg['bytes_per_map']} B, "
-            f"{fg['random_read_maps_per_s']}/s); uint8+lzf {ul['bytes_per_map']} B at {ul['random_read_maps_per_s']}/s, "
+            f"{fg['random_read_maps_per_s']}/s); uint8+lzf {ul['bytes_per_map']} B at "
+            f"{ul['random_read_maps_per_s']}/s, "
             f"uint8+gzip {ug['bytes_per_map']} B at {ug['random_read_maps_per_s']}/s, uint8 max error "
             f"{ul['max_abs_error']:.2g} vs float16 {fl['max_abs_error']:.2g}")
     L20 = figures["layouts"].get("C20/float16/lzf") and {k.split("/", 1)[1]: v for k, v in figures["layouts"].items()

@@ -12,6 +12,10 @@ ratio misses the goal (>= 0.7 of the limit), the per-item cost is profiled in-pr
 one thread, like a DataLoader worker) and broken down by component.
 
     .venv/bin/python bench/loader.py [--quick] [--workers 2] [--batch 8] [--epochs 3]
+    .venv/bin/python bench/loader.py --real [--quick]     # real clips, originals vs transcoded copies
+
+``--real`` (bench/loader_real.py) writes its figures under ``real_clips`` in the same JSON; each mode
+keeps the other's.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import argparse
 import cProfile
 import functools
 import io
+import json
 import pstats
 import sys
 import time
@@ -30,32 +35,41 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-from data_manifests.clip_plan import build_clip_plan, clip_indices  # noqa: E402
+from data_manifests.clip_plan import build_clip_plan  # noqa: E402
 from data_manifests.manifest import load_manifest  # noqa: E402
 from data_manifests.video import read_frames  # noqa: E402
 from pipeline.config import ClipsConfig, ModelConfig, TeacherConfig  # noqa: E402
 from pipeline.distributed import DistInfo  # noqa: E402
-from student.pretrain_data import PretrainClipDataset, build_pretrain_loader, item_rng  # noqa: E402
+from student.pretrain_data import PretrainClipDataset, build_pretrain_loader  # noqa: E402
 from teacher.cache_reader import TeacherCache  # noqa: E402
 from teacher.cache_stage import build_teacher_cache  # noqa: E402
 
 GOAL = 0.7
 
 
+class _Decoded(Exception):
+    """Raised by DecodeOnlyDataset's reader right after decoding: the rest of the item is skipped."""
+
+
 class DecodeOnlyDataset(PretrainClipDataset):
-    """The same items' frames, decoded with one read_frames call per item, and nothing else."""
+    """The real item's frames (chosen by the real item's own sampling code, so the two can never
+    drift apart), decoded with the same one reader call, and nothing else."""
 
     def __getitem__(self, item):  # type: ignore[override]
-        epoch, index = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (self.epoch, int(item))
-        video = self.videos[index]
-        entry = self.manifest.entries[video.video_index]
-        choice = self.choose(index, item_rng(self.seed, epoch, index))
-        n = int(entry.frames)
-        wanted = sorted(set(clip_indices(choice.query_anchor, n, self.clip_len, choice.speed))
-                        | set(clip_indices(choice.key_anchor, n, self.clip_len, choice.speed))
-                        | set(clip_indices(choice.key_anchor, n, self.clip_len, choice.neg_speed)))
-        frames = self.reader(self.manifest.abspath(entry), wanted)
-        return {"frames": torch.tensor(frames.shape[0])}
+        reader, got = self.reader, []
+
+        def decode_and_stop(path, indices):
+            got.append(len(reader(path, indices)))
+            raise _Decoded
+
+        self.reader = decode_and_stop
+        try:
+            super().__getitem__(item)
+        except _Decoded:
+            pass
+        finally:
+            self.reader = reader
+        return {"frames": torch.tensor(got[0])}
 
 
 def epoch_time(loader, sampler, epoch: int) -> tuple[float, int]:
@@ -66,6 +80,23 @@ def epoch_time(loader, sampler, epoch: int) -> tuple[float, int]:
     for batch in loader:
         n += len(next(iter(batch.values())))
     return time.perf_counter() - t, n
+
+
+def time_loaders(loaders: dict, epochs: int) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Seconds per timed epoch and samples drawn, per loader: one warm-up epoch each, then ABBA."""
+    times: dict[str, list[float]] = {k: [] for k in loaders}
+    samples: dict[str, int] = {k: 0 for k in loaders}
+    for loader, sampler in loaders.values():  # warm-up: start the persistent workers, fill caches
+        epoch_time(loader, sampler, 0)
+    for i, name in enumerate(common.abba(list(loaders), epochs)):
+        loader, sampler = loaders[name]
+        dt, n = epoch_time(loader, sampler, 1 + i)
+        times[name].append(dt)
+        samples[name] += n
+        print(f"  {name:>11}: {n} samples in {dt:.2f} s ({n / dt:.1f}/s)", flush=True)
+    for loader, _ in loaders.values():
+        loader._iterator = None  # shut the persistent workers down before profiling
+    return times, samples
 
 
 def profile_items(ds: PretrainClipDataset, items: int) -> dict:
@@ -84,7 +115,7 @@ def profile_items(ds: PretrainClipDataset, items: int) -> dict:
     ds.reader = read_frames
     st = pstats.Stats(prof)
     cum: dict[str, float] = {}
-    for (file, _line, func), (_cc, _nc, tt, ct, _callers) in st.stats.items():
+    for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in st.stats.items():
         key = f"{Path(file).name}:{func}"
         cum[key] = cum.get(key, 0.0) + ct
     per_item_ms = lambda s: round(1000 * s / items, 2)  # noqa: E731
@@ -159,7 +190,18 @@ def whatif_cv2_hue(ds: PretrainClipDataset, items: int) -> dict:
             "speedup": round(times["current"] / times["cv2_hue"], 2), "max_abs_diff_vs_current": diff}
 
 
-def main() -> None:
+def _real_mode_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of the real-clip mode (bench/loader_real.py); ``--quick`` shrinks it to a smoke run."""
+    ap.add_argument("--real", action="store_true", help="real-clip mode: Kinetics/UCF101/HMDB51 clips of "
+                    "shared/data/videos, originals vs transcoded copies, per core (bench/loader_real.py)")
+    ap.add_argument("--items-kinetics", type=int, default=150, help="--real: items per contender, Kinetics")
+    ap.add_argument("--items-other", type=int, default=75, help="--real: items per contender, UCF101 / HMDB51")
+    ap.add_argument("--block", type=int, default=15, help="--real: items per contender per interleaved block")
+    ap.add_argument("--short-side", type=int, default=128, help="--real: transcode.short_side of the copies")
+    return ap
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos-per-class", type=int, default=6, help="synthetic videos per class (10 classes)")
     ap.add_argument("--video-size", type=int, default=112, help="synthetic frame size (square, the project's 112)")
@@ -171,7 +213,15 @@ def main() -> None:
     ap.add_argument("--profile-items", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 videos per class, 1 epoch, batch 4")
     ap.add_argument("--out", type=Path, default=common.RESULTS / "loader.json")
-    args = ap.parse_args()
+    return _real_mode_args(ap).parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.real:
+        from loader_real import main_real
+
+        return main_real(args)
     if args.quick:
         args.videos_per_class, args.epochs, args.batch, args.profile_items = 2, 1, 4, 6
 
@@ -201,18 +251,7 @@ def main() -> None:
     limit_ds = DecodeOnlyDataset(manifest, plan, cache, model_cfg, clips, seed=0)
     loaders = {"real": build_pretrain_loader(real_ds, args.batch, args.workers, seed=0),
                "decode_only": build_pretrain_loader(limit_ds, args.batch, args.workers, seed=0)}
-    times: dict[str, list[float]] = {k: [] for k in loaders}
-    samples: dict[str, int] = {k: 0 for k in loaders}
-    for name, (loader, sampler) in loaders.items():  # warm-up: start the persistent workers, fill caches
-        epoch_time(loader, sampler, 0)
-    for i, name in enumerate(common.abba(list(loaders), args.epochs)):
-        loader, sampler = loaders[name]
-        dt, n = epoch_time(loader, sampler, 1 + i)
-        times[name].append(dt)
-        samples[name] += n
-        print(f"  {name:>11}: {n} samples in {dt:.2f} s ({n / dt:.1f}/s)", flush=True)
-    for loader, _ in loaders.values():
-        loader._iterator = None  # shut the persistent workers down before profiling
+    times, samples = time_loaders(loaders, args.epochs)
     del loaders
 
     rate = {k: samples[k] / sum(times[k]) for k in times}
@@ -241,6 +280,19 @@ def main() -> None:
     w["fraction_of_limit_in_process_cv2_hue"] = round(dec / w["cv2_hue_ms_per_item"], 3)
     cache.close()
 
+    _print_report(figures, samples, times, rate, args)
+    notes = [f"fraction_of_limit = real samples/s / decode-only samples/s = {frac:.3f} (goal {GOAL})"]
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    bench.write(figures, args.out, notes)
+    if "real_clips" in previous:  # keep the real-clip mode's figures (bench/loader.py --real)
+        from loader_real import write_merged
+
+        write_merged(args.out, previous["real_clips"])
+
+
+def _print_report(figures: dict, samples: dict, times: dict, rate: dict, args: argparse.Namespace) -> None:
+    """The synthetic mode's tables: loader vs limit, the per-item profile, the hue what-if."""
+    w = figures["whatif_cv2_hue"]
     rows = [{"loader": k, "samples": samples[k], "seconds": sum(times[k]), "samples/s": rate[k],
              "of limit": rate[k] / rate["decode_only"]} for k in times]
     common.print_table(rows, title=f"\npretraining loader, {args.workers} workers, batch {args.batch}")
@@ -253,8 +305,6 @@ def main() -> None:
           f"{w['current_ms_per_item']} now (x{w['speedup']}), max |diff| {w['max_abs_diff_vs_current']:.2g}; "
           f"in-process fraction of the decode-only limit {w['fraction_of_limit_in_process_current']} -> "
           f"{w['fraction_of_limit_in_process_cv2_hue']}")
-    notes = [f"fraction_of_limit = real samples/s / decode-only samples/s = {frac:.3f} (goal {GOAL})"]
-    bench.write(figures, args.out, notes)
 
 
 if __name__ == "__main__":

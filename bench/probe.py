@@ -30,7 +30,8 @@ from data_manifests.probe import probe_videos  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=Path, default=Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data")) / "videos")
+    shared = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
+    ap.add_argument("--videos", type=Path, default=shared / "videos")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "probe.json")
@@ -81,7 +82,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load {record['machine']['load_avg_1_5_15']}")
     print(f"{'workers':>7} {'threads':>14} {'seconds':>8} {'videos/s':>9} {'frames/s':>9} {'speedup':>8}")
     for r in rows:
-        print(f"{r['workers']:>7} {str(r['decoder_threads']):>14} {r['seconds']:>8.2f} {r['videos_per_s']:>9.2f} {r['frames_per_s']:>9.1f} "
+        print(f"{r['workers']:>7} {str(r['decoder_threads']):>14} {r['seconds']:>8.2f} {r['videos_per_s']:>9.2f} "
+              f"{r['frames_per_s']:>9.1f} "
               f"{r['speedup']:>8.2f}")
     print(f"wrote {args.out}")
 

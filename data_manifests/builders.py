@@ -7,7 +7,9 @@ rejected records. A bad video never stops the run; it is rejected with its reaso
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -16,21 +18,42 @@ from typing import Sequence
 from data_manifests.formats import folder, hmdb51, kinetics, ucf101
 from data_manifests.formats.common import FileIndex, Listing
 from data_manifests.manifest import REJECT_REASONS, SPLITS, Manifest, VideoEntry
-from data_manifests.probe import probe_videos
+from data_manifests.probe import ProbeResult, probe_videos
+from pipeline.errors import UserError
+
+log = logging.getLogger("data_manifests")
 
 FORMATS: dict[str, ModuleType] = {"ucf101": ucf101, "hmdb51": hmdb51, "kinetics400": kinetics, "folder": folder}
 ALIASES = {"kinetics": "kinetics400", "k400": "kinetics400", "ucf": "ucf101", "hmdb": "hmdb51"}
 Annotations = str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
-class MissingVideosError(RuntimeError):
+class MissingVideosError(UserError, RuntimeError):
     """Too many listed videos are not under the root: usually the wrong root folder."""
+
+
+class AnnotationError(UserError, ValueError):
+    """The official annotation files cannot be used as given; the message names the file (and line)."""
+
+
+class DatasetError(UserError, FileNotFoundError):
+    """The dataset root is not there, or nothing under it is usable."""
+
+
+_ALWAYS_SHOWN = ("missing", "undecodable", "zero_frames", "too_short")
+_PARSE_ERRORS = (ValueError, KeyError, OSError, UnicodeDecodeError)
+_HMDB51_SPLIT_FILE = re.compile(r"^(.+)_test_split[123]\.txt$")
+
+
+def _annotation_error(kind: str, exc: BaseException) -> AnnotationError:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return AnnotationError(text if text.startswith(kind) or "/" in text.split(":")[0] else f"{kind}: {text}")
 
 
 def _kind(kind: str) -> str:
     k = ALIASES.get(kind.lower(), kind.lower())
     if k not in FORMATS:
-        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(FORMATS)}")
+        raise AnnotationError(f"unknown dataset kind {kind!r}; choose one of {', '.join(FORMATS)}")
     return k
 
 
@@ -44,7 +67,11 @@ def _paths(annotations: Annotations) -> list[Path]:
 
 def annotation_files(kind: str, annotations: Annotations, split: int = 1) -> list[Path]:
     """The exact annotation files whose content defines the manifest (for the stage fingerprint)."""
-    return FORMATS[_kind(kind)].annotation_files(_paths(annotations), split)
+    k = _kind(kind)
+    try:
+        return FORMATS[k].annotation_files(_paths(annotations), split)
+    except _PARSE_ERRORS as exc:
+        raise _annotation_error(k, exc) from exc
 
 
 def list_video_files(root: str | os.PathLike) -> list[Path]:
@@ -69,6 +96,41 @@ def _check_missing(kind: str, root: Path, listing: Listing, allow_missing: bool,
         f"(allow_missing=True).")
 
 
+def _check_hmdb51_classes(annotations: list[Path], split: int, listing: Listing) -> None:
+    """HMDB51 has one split file per class: a deleted file silently drops the class and shifts every
+    later label. A class that the other splits' files list without this split's file is an error
+    naming the missing file. (A class folder under the root without any split file is allowed: a
+    subset of the split files is a legitimate smaller dataset.)"""
+    folder = annotations[0]
+    others = {m.group(1) for p in folder.iterdir() if (m := _HMDB51_SPLIT_FILE.match(p.name)) and p.is_file()}
+    lost = sorted(others - set(listing.classes))
+    if lost:
+        raise AnnotationError(
+            f"hmdb51: {folder / (lost[0] + f'_test_split{split}.txt')} is missing ({len(lost)} class(es), e.g. "
+            f"{lost[0]!r}, have files for other splits but not split {split}); without it the class is dropped "
+            f"and every later label shifts. Restore the official split files")
+
+
+def _rejection(res: ProbeResult, min_frames: int, path: Path) -> tuple[str | None, str]:
+    """(reject reason, detail) of one probed video, (None, "") when it is usable.
+
+    A video whose container lists far more frames than decode is kept with the frames that do
+    decode (they are the video's first frames, exact), but a warning names it.
+    """
+    info = res.info
+    if res.reason == "truncated":
+        log.warning("%s: %s; kept with its %d decodable frames", path, res.error, info.frames if info else 0)
+    elif res.reason is not None:
+        return res.reason, res.error or ""
+    if info is None:
+        return "undecodable", res.error or ""
+    if info.frames == 0:
+        return "zero_frames", "opens, but no frame decodes"
+    if info.frames < min_frames:
+        return "too_short", f"{info.frames} decodable frames < min_frames={min_frames}"
+    return None, ""
+
+
 def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations = None, split: int = 1, *,
                    min_frames: int = 0, allow_missing: bool = False, workers: int = 2,
                    progress: bool = True, classes: Sequence[str] | None = None,
@@ -85,11 +147,20 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
     k = _kind(kind)
     root_path = Path(root).expanduser().absolute()
     if not root_path.is_dir():
-        raise FileNotFoundError(f"{k}: dataset root {root_path} is not a folder")
+        raise DatasetError(f"{k}: dataset root {root_path} is not a folder")
     if min_frames < 0:
         raise ValueError(f"min_frames must be >= 0, got {min_frames}")
     index = FileIndex(root_path)
-    listing = FORMATS[k].parse(_paths(annotations), split, index, classes)
+    try:
+        listing = FORMATS[k].parse(_paths(annotations), split, index, classes)
+    except _PARSE_ERRORS as exc:
+        raise _annotation_error(k, exc) from exc
+    if not listing.items:
+        named = ", ".join(str(f) for f in getattr(listing, "sources", [])) or "the annotations"
+        raise AnnotationError(f"{k}: {named} list(s) no videos (empty, or a header only); "
+                              f"name the official annotation files")
+    if k == "hmdb51":
+        _check_hmdb51_classes(_paths(annotations), split, listing)
     _check_missing(k, root_path, listing, allow_missing, max_missing_fraction)
 
     present = [item for item in listing.items if item.path is not None]
@@ -104,13 +175,7 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
             continue
         res = next(results)
         info = res.info
-        reason, detail = None, ""
-        if info is None:
-            reason, detail = "undecodable", res.error or ""
-        elif info.frames == 0:
-            reason, detail = "zero_frames", "opens, but no frame decodes"
-        elif info.frames < min_frames:
-            reason, detail = "too_short", f"{info.frames} decodable frames < min_frames={min_frames}"
+        reason, detail = _rejection(res, min_frames, root_path / item.path)
         if reason is not None:
             rejected.append({"id": item.id, "path": item.path, "reason": reason, "detail": detail})
             continue
@@ -119,7 +184,7 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
                                   frames=info.frames, fps=info.fps, width=info.width, height=info.height))
     if not entries:
         reasons = Counter(r["reason"] for r in rejected)
-        raise ValueError(f"{k}: no usable video under {root_path} ({len(listing.items)} listed; rejected: "
+        raise DatasetError(f"{k}: no usable video under {root_path} ({len(listing.items)} listed; rejected: "
                          f"{dict(reasons) or 'none'})")
     return Manifest(dataset=k, root=root_path, classes=list(listing.classes), entries=entries), rejected
 
@@ -131,7 +196,8 @@ def summary(manifest: Manifest, rejected: Sequence[dict]) -> list[str]:
     lines = [f"{manifest.dataset}: {len(manifest.entries)} usable videos, {len(manifest.classes)} classes, "
              f"root {manifest.root}",
              "  usable:   " + ", ".join(f"{s} {per_split[s]}" for s in SPLITS),
-             f"  rejected: {len(rejected)} (" + ", ".join(f"{r} {reasons.get(r, 0)}" for r in REJECT_REASONS) + ")"]
+             f"  rejected: {len(rejected)} (" + ", ".join(f"{r} {reasons.get(r, 0)}" for r in REJECT_REASONS
+                                                          if r in _ALWAYS_SHOWN or reasons.get(r)) + ")"]
     for r in REJECT_REASONS:
         examples = [x for x in rejected if x["reason"] == r][:3]
         for x in examples:

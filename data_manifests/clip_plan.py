@@ -67,6 +67,18 @@ def clip_indices(anchor: int, num_frames: int, clip_len: int, speed: int) -> lis
     return [min(max(start + speed * i, 0), last) for i in range(clip_len)]
 
 
+def window_indices(start: int, num_frames: int, clip_len: int, speed: int) -> list[int]:
+    """Frames of a clip of ``clip_len`` frames at ``speed`` starting at ``start``, clamped to the video.
+
+    RSPNet's key clips: one window per video at a random start; the clip at speed s takes every
+    s-th frame from the window's start, so the clips of one window at two speeds share their first frame.
+    """
+    if num_frames < 1 or clip_len < 1 or speed < 1:
+        raise ValueError(f"num_frames, clip_len and speed must be >= 1, got {num_frames}, {clip_len}, {speed}")
+    last = num_frames - 1
+    return [min(max(start + speed * i, 0), last) for i in range(clip_len)]
+
+
 def build_clip_plan(manifest: Manifest, anchors: int, span: int, splits: Sequence[str]) -> list[Clip]:
     """Every anchor of every video in ``splits``, in manifest order then frame order."""
     if isinstance(splits, str):

@@ -14,12 +14,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipeline.errors import UserError
+
 SPLITS = ("train", "val", "test", "unused")
-REJECT_REASONS = ("missing", "undecodable", "zero_frames", "too_short")
+REJECT_REASONS = ("missing", "undecodable", "zero_frames", "too_short", "not_a_video")
 MANIFEST_FILE = "manifest.jsonl"
 META_FILE = "meta.json"
 REJECTED_FILE = "rejected.jsonl"
 FORMAT_VERSION = 1
+
+
+class ManifestError(UserError, ValueError):
+    """A manifest folder that cannot be read as one (damaged or hand-edited); names the file."""
+
+
+class ManifestMissingError(UserError, FileNotFoundError):
+    """No manifest where one was expected (meta.json missing)."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,24 @@ def _jsonl(records: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records)
 
 
-def write_manifest(out_dir: str | Path, manifest: Manifest, rejected: list[dict]) -> None:
-    """Write manifest.jsonl, rejected.jsonl, then meta.json into ``out_dir`` (each atomically)."""
+def _recorded_root(root: Path, out_dir: Path, relative_to: str | Path | None) -> str:
+    """The dataset root as meta.json records it: relative to the manifest folder when both lie inside
+    ``relative_to`` (a work directory), so a moved or copied work directory reads its own videos."""
+    if relative_to is not None:
+        base = Path(relative_to).resolve()
+        root_abs, out_abs = root.resolve(), out_dir.resolve()
+        if root_abs.is_relative_to(base) and out_abs.is_relative_to(base):
+            return Path(os.path.relpath(root_abs, out_abs)).as_posix()
+    return str(root)
+
+
+def write_manifest(out_dir: str | Path, manifest: Manifest, rejected: list[dict], *,
+                   relative_to: str | Path | None = None) -> None:
+    """Write manifest.jsonl, rejected.jsonl, then meta.json into ``out_dir`` (each atomically).
+
+    ``relative_to``: a work directory; a root inside it is recorded relative to ``out_dir`` (which
+    must then keep its depth: a stage's ``.partial`` folder and its final folder are siblings).
+    """
     manifest.validate()
     for r in rejected:
         if r.get("reason") not in REJECT_REASONS or "id" not in r or "path" not in r:
@@ -119,7 +145,7 @@ def write_manifest(out_dir: str | Path, manifest: Manifest, rejected: list[dict]
     meta = {
         "format_version": FORMAT_VERSION,
         "dataset": manifest.dataset,
-        "root": str(manifest.root),
+        "root": _recorded_root(manifest.root, out, relative_to),
         "classes": list(manifest.classes),
         "counts": {
             "videos": len(manifest.entries),
@@ -141,9 +167,9 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not valid JSON ({exc})") from None
+                raise ManifestError(f"{path}:{n}: not valid JSON ({exc})") from None
             if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
+                raise ManifestError(f"{path}:{n}: expected a JSON object")
             records.append(rec)
     return records
 
@@ -153,29 +179,31 @@ def load_manifest(directory: str | Path, *, root: str | Path | None = None) -> M
     d = Path(directory)
     meta_path = d / META_FILE
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: no manifest here (meta.json missing)")
+        raise ManifestMissingError(f"{meta_path}: no manifest here (meta.json missing)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     for key in ("dataset", "root", "classes"):
         if key not in meta:
-            raise ValueError(f"{meta_path}: key {key!r} missing")
+            raise ManifestError(f"{meta_path}: key {key!r} missing")
     path = d / MANIFEST_FILE
     entries = []
     for n, rec in enumerate(_read_jsonl(path), 1):
         missing = [k for k in _ENTRY_KEYS if k not in rec]
         if missing:
-            raise ValueError(f"{path}: record {n} lacks {missing}")
+            raise ManifestError(f"{path}: record {n} lacks {missing}")
         try:
             entries.append(VideoEntry(id=str(rec["id"]), path=str(rec["path"]), label=int(rec["label"]),
                                       split=str(rec["split"]), frames=int(rec["frames"]),
                                       fps=float(rec["fps"]), width=int(rec["width"]),
                                       height=int(rec["height"])))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: record {n} has a bad value ({exc})") from None
+            raise ManifestError(f"{path}: record {n} has a bad value ({exc})") from None
     try:
-        return Manifest(dataset=str(meta["dataset"]), root=Path(root if root is not None else meta["root"]),
+        recorded = Path(str(meta["root"]))
+        recorded = recorded if recorded.is_absolute() else d / recorded  # relative: to this folder
+        return Manifest(dataset=str(meta["dataset"]), root=Path(root) if root is not None else recorded,
                         classes=[str(c) for c in meta["classes"]], entries=entries)
     except ValueError as exc:
-        raise ValueError(f"{d}: {exc}") from None
+        raise ManifestError(f"{d}: {exc}") from None
 
 
 def load_rejected(directory: str | Path) -> list[dict]:

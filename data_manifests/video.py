@@ -3,9 +3,16 @@
 Frame indices are the contract between the teacher cache and the student, so frame ``i`` must be
 the same pixels for every caller. Container headers over-count (every HMDB51 clip claims one frame
 more than decodes), timestamps can be non-monotonic (DivX packed B-frames) or variable (VFR), and
-seeking is codec-dependent. We therefore never seek: we decode forward from frame 0, ``grab()``-ing
-frames we skip (no colour conversion) and ``retrieve()``-ing the ones we want, and stop right after
-the last wanted index. Frame counts are counted by decoding, never read from the header.
+seeking is codec-dependent. We therefore decode forward from frame 0, ``grab()``-ing frames we skip
+(no colour conversion) and ``retrieve()``-ing the ones we want, and stop right after the last wanted
+index. Frame counts are counted by decoding, never read from the header.
+
+The one exception is a source where every frame is a keyframe and frame ``i`` sits at index entry
+``i`` (an intra-only codec in AVI, which is what the ``transcode`` stage writes): there the reader
+jumps straight to the first frame of each wanted run (the nearest keyframe at or before it is the
+frame itself) and decodes forward from there. Seeking was checked frame-exact against forward
+decoding on every real clip's transcoded copy (tests/test_transcode.py); any other source keeps
+forward decoding, whose cost grows with the largest index read.
 """
 from __future__ import annotations
 
@@ -20,12 +27,14 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
+from pipeline.errors import UserError
+
 # Extensions indexed as videos when scanning dataset folders (compared lower-case).
 VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg",
                               ".flv", ".wmv", ".3gp", ".ogv", ".ts"})
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """A video cannot be opened or a requested frame does not decode; names the file (and index)."""
 
     def __init__(self, path: str | Path, what: str | None = None, index: int | None = None) -> None:
@@ -108,12 +117,44 @@ def _check_indices(path: str | Path, indices: Sequence[int]) -> list[int]:
     return out
 
 
+# Codecs (OpenCV FOURCC) in which every frame is a keyframe, and the containers whose index gives
+# frame i directly (AVI: one index entry per frame, no timestamps to trust, no reordering).
+INTRA_ONLY_FOURCCS = frozenset({"MJPG"})
+SEEK_CONTAINERS = frozenset({".avi"})
+# OpenCV's seek lands 16 frames before the target and decodes forward, so a shorter jump is
+# cheaper as grab()s.
+MIN_SEEK_GAP = 24
+
+
+def fourcc_of(cap: cv2.VideoCapture) -> str:
+    """The stream's FOURCC as text ('MJPG', 'h264', 'FMP4', ...), '' when OpenCV reports none."""
+    code = int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+    return code.to_bytes(4, "little").decode("ascii", errors="replace").strip("\x00 ") if code else ""
+
+
+def is_seekable(path: str | Path, cap: cv2.VideoCapture) -> bool:
+    """True when every frame is a keyframe and the container indexes frames (an intra-only AVI):
+    seeking to frame i then decodes exactly frame i. Everything else is read forward."""
+    return Path(path).suffix.lower() in SEEK_CONTAINERS and fourcc_of(cap) in INTRA_ONLY_FOURCCS
+
+
+def _seek(cap: cv2.VideoCapture, path: str | Path, target: int) -> None:
+    """Jump so that the next grab() decodes frame ``target``; past the end is a VideoDecodeError."""
+    cap.set(cv2.CAP_PROP_POS_FRAMES, target)
+    landed = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
+    if landed != target:
+        raise VideoDecodeError(path, f"frame {target} does not decode (seeking stopped at frame {landed}; "
+                                     f"the video has fewer frames)", index=target)
+
+
 def read_frames(path: str | Path, indices: Sequence[int], *, bgr: bool = False,
-                threads: int | None = None) -> np.ndarray:
+                threads: int | None = None, seek: bool | None = None) -> np.ndarray:
     """Frames ``indices`` (any order, duplicates allowed) as uint8 (len(indices), H, W, 3), RGB unless ``bgr``.
 
     Decodes forward from frame 0 once, however the indices are ordered, and stops after the
     largest one; read the frames a caller needs in ONE call (cost grows with the largest index).
+    In an intra-only AVI (:func:`is_seekable`; ``seek=None``) it jumps to each wanted run more
+    than ``MIN_SEEK_GAP`` frames ahead instead; ``seek=False`` forces forward decoding (tests).
     Raises VideoDecodeError naming the file and the index when an index lies past the last
     decodable frame or does not decode.
     """
@@ -127,9 +168,13 @@ def read_frames(path: str | Path, indices: Sequence[int], *, bgr: bool = False,
             h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
             w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
             return np.empty((0, h, w, 3), np.uint8)
+        jump = is_seekable(path, cap) if seek is None else bool(seek) and is_seekable(path, cap)
         out: np.ndarray | None = None
         pos = 0  # index of the next frame grab() would decode
         for target in wanted:
+            if jump and target - pos > MIN_SEEK_GAP:
+                _seek(cap, path, target)
+                pos = target
             while pos <= target:
                 if not cap.grab():
                     raise VideoDecodeError(path, f"frame {target} does not decode (only {pos} frames "

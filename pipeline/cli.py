@@ -6,6 +6,7 @@ validation as the config file.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,9 @@ from typing import Any
 import click
 
 from pipeline import distributed
-from pipeline.config import Config, ConfigError, _toml_value, default_toml_text, dump_toml, load_config
-from pipeline.stage import Stage, StageError, run_stage, stage_status
+from pipeline.config import Config, _toml_value, default_toml_text, dump_toml, load_config
+from pipeline.errors import user_message
+from pipeline.stage import Stage, run_stage, stage_status, verify_stage
 from pipeline.stages import StageGraph
 
 log = logging.getLogger("pipeline")
@@ -71,28 +73,29 @@ def build(session: Session, cfg: Config, stage: Stage, *, force: bool = False, b
     except TrainingInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)
-    except user_errors() as exc:
-        if session.verbose:
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; anything else re-raises
+        message = user_message(exc)
+        if message is None or session.verbose:
             raise
-        fail(f"{stage.key}: {exc}")
+        fail(message if stage.key in message else f"{stage.key}: {message}")
     return None
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors that describe bad input (a file, a key, a checkpoint): shown as one clean message;
-    ``-v`` shows the traceback. Anything else is a bug and keeps its traceback."""
-    from data_manifests.builders import MissingVideosError
-    from data_manifests.video import VideoDecodeError
-    from student.checkpointing import CheckpointError as TrainCheckpointError
-    from student.evaluate import EvaluationError
-    from student.finetune import FinetuneError
-    from student.protocols import ProtocolError
-    from student.retrieval import RetrievalError
-    from teacher.cache_format import CacheFormatError
-    from teacher.checkpoint import CheckpointError
+class PipelineGroup(click.Group):
+    """The command group: any :class:`~pipeline.errors.UserError` (or an OS error that is the user's
+    to fix: no space, no permission, a missing file), wherever it is raised, even inside a
+    DataLoader worker, is printed as ONE line and exits 1; ``-v`` shows the traceback instead."""
 
-    return (StageError, ConfigError, MissingVideosError, VideoDecodeError, TrainCheckpointError, EvaluationError,
-            FinetuneError, ProtocolError, RetrievalError, CacheFormatError, CheckpointError, FileNotFoundError)
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - decided by user_message; bugs keep their traceback
+            message = user_message(exc)
+            if message is None or ctx.params.get("verbose"):
+                raise
+            raise click.ClickException(message) from None
 
 
 def common_stage_options(f):
@@ -100,10 +103,18 @@ def common_stage_options(f):
     f = click.option("--build-upstream", is_flag=True,
                      help="Build missing or stale upstream stages first instead of stopping.")(f)
     f = click.option("--dry-run", is_flag=True, help="Say what would be built, build nothing.")(f)
+    f = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_remember_json,
+                     help="End with the stage's machine-readable summary (JSON) instead of the readable one.")(f)
     return f
 
 
-@click.group(context_settings=CONTEXT)
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """``--json`` is read by ``_print_summary``, so no command signature has to carry it."""
+    ctx.meta["pipeline.json"] = ctx.meta.get("pipeline.json", False) or value
+    return value
+
+
+@click.group(cls=PipelineGroup, context_settings=CONTEXT)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PIPELINE_WORK_DIR",
               default=Path("work"), show_envvar=True, help="Where every stage writes its outputs.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -122,6 +133,9 @@ def main(ctx: click.Context, work_dir: Path, config_file: Path | None, overrides
     With no config, everything runs on a generated synthetic dataset on the CPU: `pipeline run`.
     """
     setup_logging(verbose)
+    ctx.call_on_close(distributed.cleanup)  # destroy the process group (NCCL communicators) on every exit path
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit then fails the write (EFBIG, one clear line)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # instead of killing the process mid-write
     ctx.obj = Session(work_dir=work_dir.resolve(), config_file=config_file, overrides=list(overrides),
                       verbose=verbose)
 
@@ -130,29 +144,46 @@ def _session(ctx: click.Context) -> Session:
     return ctx.obj
 
 
+def stage_device(cfg: Config, stage: Stage) -> str:
+    """The device setting of a stage's own config section (``run`` builds stages that run on different devices)."""
+    section = {"teacher-cache": cfg.teacher, "pretrain": cfg.pretrain, "finetune": cfg.finetune,
+               "evaluate": cfg.evaluate, "retrieval": cfg.retrieval, "linear-probe": cfg.linear_probe}.get(stage.kind)
+    return section.device if section is not None else "cpu"
+
+
 # --------------------------------------------------------------------------------------------
 # status / run / config
 # --------------------------------------------------------------------------------------------
 
 @main.command(context_settings=CONTEXT)
+@click.option("--verify", is_flag=True,
+              help="Read every byte of each finished stage (sha256 / HDF5 checksums); a damaged stage "
+                   "loses its damaged files and is rebuilt, only those, by the next run. Exit 1 if any.")
 @click.pass_context
-def status(ctx: click.Context) -> None:
-    """Show every stage of the config as done, stale (and what changed) or missing."""
+def status(ctx: click.Context, verify: bool) -> None:
+    """Show every stage of the config as done, damaged, stale (and what changed) or missing."""
     session = _session(ctx)
-    try:
-        cfg = session.config()
-        stages = session.graph(cfg).run_stages()
-    except (ConfigError, StageError) as exc:
-        fail(str(exc))
+    cfg = session.config()  # a ConfigError is one line (PipelineGroup), with its traceback under -v
+    stages = session.graph(cfg).run_stages()
     width = max(len(s.key) for s in stages)
+    damaged = 0
     for st in stages:
         s = stage_status(st, session.work_dir)
-        where = f"  {s.path}" if s.path is not None and s.state == "done" else ""
-        click.echo(f"{st.key:<{width}}  {s.state:<8}{where}")
+        if verify and s.state == "done":
+            problems = verify_stage(st, session.work_dir)
+            if problems:
+                s = type(s)(st, "damaged", [f"{rel}: {why}" for rel, why in problems[:5]]
+                            + [f"removed {len(problems)} damaged file(s); the next run rebuilds only those"], s.path)
+        damaged += s.state == "damaged"
+        where = f"  {s.path}" if s.path is not None and s.state in ("done", "damaged") else ""
+        click.echo(f"{st.key:<{width}}  {s.state:<8}{where}" + ("  (verified)" if verify and s.state == "done" else ""))
         for reason in s.reasons:
             click.echo(f"{'':<{width}}    - {reason}")
         if s.state != "done":
             click.echo(f"{'':<{width}}    build with: {st.command}")
+    if verify and damaged:
+        raise click.ClickException(f"{damaged} stage(s) damaged in {session.work_dir}; `pipeline run` rebuilds "
+                                   f"only the damaged files")
 
 
 @main.command(context_settings=CONTEXT)
@@ -164,18 +195,22 @@ def run(ctx: click.Context, force: bool, dry_run: bool) -> None:
     from pipeline.results import print_results
 
     session = _session(ctx)
-    try:
-        cfg = session.config()
-        stages = session.graph(cfg).run_stages()
-    except (ConfigError, StageError) as exc:
-        fail(str(exc))
-    todo = [st for st in stages if force or stage_status(st, session.work_dir).state != "done"]
+    cfg = session.config()  # a ConfigError is one line (PipelineGroup), with its traceback under -v
+    stages = session.graph(cfg).run_stages()
+    distributed.init_distributed()  # the group first: rank 0 decides what is left, for every rank
+    todo_flags = distributed.broadcast_object(
+        [force or stage_status(st, session.work_dir).state != "done" for st in stages])
+    todo = [st for st, flag in zip(stages, todo_flags) if flag]
     if not todo:
         click.echo(f"Nothing to do: all {len(stages)} stages are up to date in {session.work_dir}.")
     for st in todo:
-        build(session, cfg, st, force=force, build_upstream=True, dry_run=dry_run)
+        build(session, cfg, st, force=force, build_upstream=True, dry_run=dry_run, device=stage_device(cfg, st))
     if not dry_run:
         print_results(session.work_dir, cfg, stages)
+        from pipeline.report import report_for_run
+
+        for path in report_for_run(session.work_dir, cfg, stages):
+            click.echo(f"picture: {path}")
 
 
 @main.command("config", context_settings=CONTEXT)
@@ -186,10 +221,7 @@ def show_config(ctx: click.Context, show_default_file: bool) -> None:
     if show_default_file:
         click.echo(default_toml_text())
         return
-    try:
-        click.echo(dump_toml(_session(ctx).config()))
-    except ConfigError as exc:
-        fail(str(exc))
+    click.echo(dump_toml(_session(ctx).config()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +314,30 @@ def teacher_cache(ctx: click.Context, checkpoint: Path | None, backend: str | No
 
 
 @main.command(context_settings=CONTEXT)
+@click.option("--dataset", default=None, help="Dataset to copy [default: pretrain.dataset].")
+@click.option("--shard-index", type=int, default=None, help="Copy only videos i, i+n, … (job arrays).")
+@click.option("--num-shards", type=int, default=None, help="Number of jobs sharing the videos.")
+@click.option("--workers", type=int, default=None, help="Parallel transcoding processes.")
+@common_stage_options
+@click.pass_context
+def transcode(ctx: click.Context, dataset: str | None, shard_index: int | None, num_shards: int | None,
+              workers: int | None, force: bool, build_upstream: bool, dry_run: bool) -> None:
+    """Copy a dataset's videos at short side transcode.short_side, every frame index kept, for the student."""
+    if (shard_index is None) != (num_shards is None) or (num_shards is not None and not 0 <= shard_index < num_shards):
+        fail("--shard-index i and --num-shards n go together, with 0 <= i < n")
+    session = _session(ctx)
+    cfg = _config_or_fail(session, **{"transcode.workers": workers})
+    if not cfg.transcode.enabled:
+        fail("transcode.enabled is false, so no stage would read the copies: set [transcode] enabled = true "
+             "in the config (or --set transcode.enabled=true)")
+    stage = session.graph(cfg).transcode(dataset or cfg.pretrain.dataset)
+    out = build(session, cfg, stage, force=force, build_upstream=build_upstream, dry_run=dry_run, device="cpu",
+                shard_index=shard_index, num_shards=num_shards)
+    if out:
+        _print_summary(out)
+
+
+@main.command(context_settings=CONTEXT)
 @click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Start from an RSPNet checkpoint (its backbone weights).")
 @click.option("--epochs", type=int, default=None, help="Override pretrain.epochs.")
@@ -327,6 +383,9 @@ def finetune(ctx: click.Context, dataset: str | None, split: int | None, from_sc
         ev = build(session, cfg, graph.evaluate(), force=force, dry_run=dry_run, device=cfg.finetune.device)
         if ev:
             _print_summary(ev)
+            from pipeline.results import echo_table  # the row names its protocol and selection
+
+            echo_table(session.work_dir, cfg, [graph.evaluate()])
 
 
 @main.command(context_settings=CONTEXT)
@@ -372,16 +431,99 @@ def retrieval(ctx: click.Context, dataset: str | None, split: int | None, device
         _print_summary(out)
 
 
+@main.command("linear-probe", context_settings=CONTEXT)
+@click.option("--dataset", type=str, default=None, help="Dataset (its train split fits, its test split scores).")
+@click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@common_stage_options
+@click.pass_context
+def linear_probe(ctx: click.Context, dataset: str | None, split: int | None, device: str | None, force: bool,
+                 build_upstream: bool, dry_run: bool) -> None:
+    """Linear probe: logistic regression on frozen [z_h || z_c] features; video-level top-1 / top-5."""
+    session = _session(ctx)
+    extra: dict[str, Any] = {"linear_probe.dataset": dataset, "linear_probe.device": device}
+    if split is not None:
+        extra[f"datasets.{dataset or _config_or_fail(session).linear_probe.dataset}.split"] = split
+    cfg = _config_or_fail(session, **extra)
+    out = build(session, cfg, session.graph(cfg).linear_probe(), force=force, build_upstream=build_upstream,
+                dry_run=dry_run, device=cfg.linear_probe.device)
+    if out:
+        _print_summary(out)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--layout", type=click.Choice(["student", "rspnet", "torchvision", "torchvision-r3d_18", "mmaction2"]),
+              default="student", help="Whose checkpoint layout to write (README: what loads where).")
+@click.option("--branch", type=click.Choice(["both", "human", "contrastive"]), default=None,
+              help="both: the [z_h || z_c] encoder (student layout); human / contrastive: f_l + that branch.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A pretrained student.pt [default: the config's finished pretrain stage].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The file to write.")
+@click.pass_context
+def export(ctx: click.Context, layout: str, branch: str | None, checkpoint: Path | None, output: Path) -> None:
+    """Write the pretrained encoder as a checkpoint another codebase loads without conversion code."""
+    from student.export import export_checkpoint
+
+    session = _session(ctx)
+    if checkpoint is None:
+        cfg = _config_or_fail(session)
+        st = stage_status(session.graph(cfg).pretrain(), session.work_dir)
+        if st.state != "done" or st.path is None:
+            fail(f"export: the config's pretrain stage is {st.state}; run `pipeline pretrain` or pass --checkpoint")
+        checkpoint = st.path / "student.pt"
+    res = export_checkpoint(checkpoint, output, layout, branch)
+    click.echo(f"export {res.layout} ({res.branch}): {res.path}")
+    click.echo(f"  {res.backbone} x{res.width:g}: {res.tensors} tensors, {res.parameters:,} parameters; "
+               f"sha256 {res.sha256[:16]}")
+    click.echo(f"  loads into: {res.loads_into}")
+    for note in res.notes:
+        click.echo(f"  note: {note}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--protocol", type=click.Choice(["finetune", "linear-probe"]), required=True,
+              help="finetune (+ multi-view evaluate) or linear-probe.")
+@click.option("--dataset", type=str, required=True, help="Dataset name in the config (hmdb51, ucf101, ...).")
+@click.option("--splits", type=click.IntRange(1, 3), multiple=True, default=(1, 2, 3), help="Official splits.")
+@click.option("--seeds", type=int, multiple=True, default=(0, 1, 2), help="Seeds (repeat the option).")
+@click.option("--seed-key", default=None,
+              help="Config key the seed sets [default: finetune.seed, or pretrain.seed for linear-probe].")
+@click.option("--dry-run", is_flag=True, help="Say what would be built, build nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@click.pass_context
+def sweep(ctx: click.Context, protocol: str, dataset: str, splits: tuple[int, ...], seeds: tuple[int, ...],
+          seed_key: str | None, dry_run: bool, as_json: bool) -> None:
+    """Run one protocol over splits x seeds; video-level top-1 / top-5 mean +- std per split and overall."""
+    import json
+
+    from pipeline.sweep import run_sweep, table_lines, write_sweep
+
+    session = _session(ctx)
+
+    def run_one(cfg: Config, stage: Stage) -> Path | None:
+        return build(session, cfg, stage, build_upstream=True, dry_run=dry_run, device=stage_device(cfg, stage))
+
+    result = run_sweep(lambda extra: load_config(session.config_file, session.overrides + extra), session.work_dir,
+                       protocol, dataset, splits, seeds, seed_key, run_one)
+    if dry_run or distributed.current().rank != 0:
+        return
+    path = write_sweep(result, session.work_dir)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"sweep: {path}")
+    for line in table_lines(result):
+        click.echo(line)
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 
 def _config_or_fail(session: Session, **extra: Any) -> Config:
-    try:
-        return session.config(**extra)
-    except ConfigError as exc:
-        fail(str(exc))
-    raise AssertionError  # unreachable
+    """The config with this command's options; a ConfigError becomes one line in PipelineGroup."""
+    return session.config(**extra)
 
 
 def _print_summary(out: Path) -> None:
@@ -392,8 +534,15 @@ def _print_summary(out: Path) -> None:
     if distributed.current().rank != 0:
         return
     rec = read_record(out)
-    click.echo(f"{rec['stage']} {rec['name']}: {out}")
-    click.echo(json.dumps(rec.get("summary", {}), indent=2, sort_keys=True, default=str))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("pipeline.json"):
+        click.echo(f"{rec['stage']} {rec['name']}: {out}")
+        click.echo(json.dumps(rec.get("summary", {}), indent=2, sort_keys=True, default=str))
+        return
+    from pipeline.summary import summary_lines
+
+    for line in summary_lines(rec, out):
+        click.echo(line)
 
 
 def _register_tools() -> None:

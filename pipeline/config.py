@@ -14,16 +14,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from pipeline.errors import UserError
+
 EXEC = {"exec": True}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem, phrased for the user: which key, which file, what is expected."""
 
 
@@ -128,7 +131,9 @@ class PretrainConfig:
     lambda_kd: float = _opt(1.0, min=0.0)
     lambda_m: float = _opt(1.0, min=0.0)
     lambda_a: float = _opt(1.0, min=0.0)
-    queue_size: int = _opt(16384, min=1)
+    queue_size: int = _opt(16384, min=1)  # trimmed to a multiple of the global batch (as RSPNet)
+    # keep each queued key's video id and leave a query's own video out of its A-VID negatives
+    exclude_same_video: bool = _opt(True)
     moco_momentum: float = _opt(0.999, min=0.0, max=1.0)
     temperature: float = _opt(0.07, min=1e-4)
     margin: float = _opt(2.0, min=0.0)
@@ -136,8 +141,14 @@ class PretrainConfig:
     seed: int = _opt(0)
     init_from: str = _opt("")
     max_steps_per_epoch: int = _opt(0, min=0)  # 0: a full pass over the clip plan
+    # Refuse to train when more than this fraction of the clip plan has no teacher map (a lost or
+    # damaged cache shard, not a few failed decodes); raising it to go on does not change the output's id.
+    max_missing_maps: float = _exec(0.05, min=0.0, max=1.0)
     deterministic: bool = _exec(False)
     amp: str = _exec("auto", choices=("auto", "off", "fp16", "bf16"))
+    # "gpu": workers ship uint8 crops + each clip's colour parameters; jitter, grayscale and normalisation
+    # run batched on the training device (student/gpu_augment.py). Equal to "cpu" to float tolerance.
+    augment_device: str = _exec("cpu", choices=("cpu", "gpu"))
     workers: int = _exec(4, min=0)
     device: str = _exec("auto")
     log_interval: int = _exec(20, min=1)
@@ -148,7 +159,8 @@ class FinetuneConfig:
     """Supervised finetuning on UCF101 / HMDB51 (RSPNet's protocols as presets)."""
 
     dataset: str = _opt("hmdb51")
-    protocol: str = _opt("auto")  # auto: RSPNet's preset for (backbone, dataset); or "custom"
+    # auto = "paper" (RSPNet's preset, 100 epochs); "rspnet"; "custom"; see student/protocols.py
+    protocol: str = _opt("auto")
     epochs: int = _opt(0, min=0)  # 0: the protocol's
     batch_size: int = _opt(0, min=0)
     lr: float = _opt(0.0, min=0.0)
@@ -175,7 +187,7 @@ class EvaluateConfig:
     clips: int = _opt(10, min=1)
     crops: int = _opt(1, choices=(1, 3))
     chunk: int = _exec(10, min=1)
-    workers: int = _exec(2, min=0)
+    workers: int = _exec(4, min=0)  # decoding 10 clips per video is the cost on a GPU
     device: str = _exec("auto")
 
 
@@ -186,15 +198,41 @@ class RetrievalConfig:
     dataset: str = _opt("ucf101")
     clips: int = _opt(10, min=1)
     ks: list[int] = _list([1, 5, 10, 20, 50])
-    workers: int = _exec(2, min=0)
+    workers: int = _exec(4, min=0)
     device: str = _exec("auto")
+
+
+@dataclass
+class LinearProbeConfig:
+    """Linear probe on frozen [z_h || z_c] features (student/linear_probe.py): logistic regression by L-BFGS."""
+
+    dataset: str = _opt("hmdb51")
+    clips: int = _opt(10, min=1)  # views averaged into one feature per video
+    weight_decay: float = _opt(1e-3, min=0.0)
+    max_iter: int = _opt(500, min=1)
+    workers: int = _exec(4, min=0)
+    device: str = _exec("auto")
+
+
+@dataclass
+class TranscodeConfig:
+    """Optional one-time copies of the videos for the student (data_manifests/transcode.py): short side
+    ``short_side``, every frame index kept, all-intra MJPEG in AVI (every frame a keyframe, so reads
+    seek). The teacher keeps reading the originals."""
+
+    enabled: bool = _opt(False)
+    short_side: int = _opt(128, min=16)  # the student's 112² crops never need more
+    # mjpeg: all-intra, read by seeking; mp4v: ~half the disk, read forward (bench/loader.py --real)
+    codec: str = _opt("mjpeg", choices=("mjpeg", "mp4v"))
+    workers: int = _exec(2, min=1)
 
 
 @dataclass
 class RunConfig:
     """What ``pipeline run`` does: its stages, in order."""
 
-    stages: list[str] = _list(["synthetic", "manifest", "teacher-cache", "pretrain", "finetune", "evaluate"])
+    stages: list[str] = _list(["synthetic", "manifest", "transcode", "teacher-cache", "pretrain", "finetune",
+                               "evaluate"])  # transcode: only when [transcode] enabled
 
 
 @dataclass
@@ -210,6 +248,8 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sources: list[str] = field(default_factory=list)  # where the values came from, for messages
 
@@ -268,6 +308,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):  # nan, inf, and 1e400 (which TOML reads as inf)
+                raise ConfigError(f"{where}: {value!r} is not a finite number; give a finite value")
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
@@ -282,7 +324,8 @@ def _check_range(value: Any, meta: dict, where: str) -> None:
     for v in items:
         if "choices" in meta and v not in meta["choices"]:
             choices = ", ".join(repr(c) for c in meta["choices"])
-            raise ConfigError(f"{where}: {v!r} is not one of {choices}{_suggest(str(v), [str(c) for c in meta['choices']])}")
+            hint = _suggest(str(v), [str(c) for c in meta['choices']])
+            raise ConfigError(f"{where}: {v!r} is not one of {choices}{hint}")
         if "min" in meta and v < meta["min"]:
             raise ConfigError(f"{where}: {v!r} is below the minimum {meta['min']}")
         if "max" in meta and v > meta["max"]:
@@ -344,6 +387,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          f"save it as UTF-8") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
 
 
 def from_dict(raw: dict[str, Any], where: str = "config") -> Config:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -28,54 +30,118 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_distributed() -> bool:
+    """True once this process has joined a process group (the one test for "are we distributed?")."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
+# Collectives time out after this long (NCCL/gloo default 30 min); PIPELINE_DIST_TIMEOUT_S overrides it.
+DEFAULT_TIMEOUT_S = 1800
+# How long ranks wait for work that one rank (or a slower rank) does alone: a rank-0-only stage such
+# as probing Kinetics-400 takes hours. torchrun stops the other ranks if that rank dies, so a long
+# timeout does not turn a crash into a hang. PIPELINE_RANK0_WAIT_S overrides it.
+RANK0_WAIT_S = 7 * 24 * 3600
+
+_wait_group: Any = None
+
+
+class DeviceError(UserError):
+    """A device setting that cannot work in this launch (e.g. ``cuda:N`` under torchrun)."""
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        raise DeviceError(f"environment variable {name}={os.environ[name]!r} "
+                          f"is not a whole number of seconds") from None
+
+
 def resolve_device(requested: str = "auto", local_rank: int = 0) -> str:
-    """'auto' picks this rank's GPU when there is one, else the CPU."""
+    """'auto' picks this rank's GPU when there is one, else the CPU; 'cuda' is this rank's GPU.
+
+    Under torchrun every rank reads the same config, so ``cuda:N`` would put every rank on GPU N:
+    refused (use 'cuda' or 'auto': rank r then uses GPU LOCAL_RANK).
+    """
     if requested == "auto":
         return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         return f"cuda:{local_rank}"
+    if requested.startswith("cuda:") and launched_by_torchrun():
+        raise DeviceError(f"device {requested!r} under torchrun would put every rank on one GPU: use --device cuda "
+                          f"(or auto; each rank then takes GPU LOCAL_RANK), and CUDA_VISIBLE_DEVICES to choose GPUs")
     return requested
 
 
-def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
+def process_group_backend() -> str:
+    """One group for every device: gloo for CPU tensors, NCCL for CUDA ones (when there is a GPU).
+
+    Why: the group is created before any stage's device is known, and one run mixes devices
+    (a CPU-side stop flag, CPU object collectives, CUDA gradients). ``PIPELINE_DIST_BACKEND``
+    overrides it (clusters without NCCL; the tests use ``cpu:gloo,cuda:gloo``).
+    """
+    override = os.environ.get("PIPELINE_DIST_BACKEND", "").strip()
+    if override:
+        return override
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(device: str = "auto", timeout_s: int | None = None) -> DistInfo:
     """Join the process group when torchrun started us; otherwise describe a single process.
 
-    Idempotent: a second call returns the same description without re-initialising.
+    Idempotent: a second call returns the same description without re-initialising; ``device``
+    only decides the returned ``DistInfo.device`` (each stage resolves its own).
     """
     if not launched_by_torchrun():
         return DistInfo(device=resolve_device(device))
+    global _wait_group
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device, local_rank)
     if not dist.is_initialized():
-        backend = "nccl" if dev.startswith("cuda") else "gloo"
-        if dev.startswith("cuda"):
-            torch.cuda.set_device(torch.device(dev))
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = timeout_s if timeout_s is not None else _int_env("PIPELINE_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=process_group_backend(), timeout=datetime.timedelta(seconds=timeout))
+        wait_s = _int_env("PIPELINE_RANK0_WAIT_S", RANK0_WAIT_S)
+        _wait_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=wait_s))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def broadcast_after_wait(obj: Any, src: int = 0) -> Any:
+    """``broadcast_object`` over a gloo group with a long timeout (``RANK0_WAIT_S``).
+
+    For results that one rank computes alone for a long time (rank-0-only stages, a teacher-cache
+    rank with more shards): the other ranks wait here instead of dying at the 30-minute timeout.
+    """
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=_wait_group)
+    return box[0]
 
 
 def current() -> DistInfo:
     """The description of this process without initialising anything."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
                         local_rank=int(os.environ.get("LOCAL_RANK", 0)))
     return DistInfo()
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s object on every rank (pickled); a no-op in a single process."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -84,7 +150,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's object, in rank order; ``[obj]`` in a single process."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -94,7 +160,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
 @torch.no_grad()
 def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     """Concatenate equally shaped tensors from every rank along dim 0 (no gradient)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed() or dist.get_world_size() == 1:
         return t
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
@@ -102,5 +168,8 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Destroy the process group (and the wait group) so NCCL frees its communicators before exit."""
+    global _wait_group
+    if is_distributed():
         dist.destroy_process_group()
+    _wait_group = None

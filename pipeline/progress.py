@@ -107,15 +107,24 @@ def track(items: Iterable, total: int | None, desc: str, unit: str = "it", enabl
 
 
 class MetricsLog:
-    """Append-only JSONL metrics (one object per line, flushed), easy to plot with pandas."""
+    """Append-only JSONL metrics (one object per line, flushed), easy to plot with pandas.
 
-    def __init__(self, path: Path | str, enabled: bool = True) -> None:
+    With the ``tensorboard`` extra installed, every record is mirrored as TensorBoard scalars into
+    ``<folder of path>/tensorboard`` (pipeline/tensorboard_log.py); ``tensorboard=False`` opts out.
+    """
+
+    def __init__(self, path: Path | str, enabled: bool = True, tensorboard: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
         self._fh: TextIO | None = None
+        self._tb: Any = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
+            if tensorboard:
+                from pipeline.tensorboard_log import SUBDIR, open_writer
+
+                self._tb = open_writer(self.path.parent / SUBDIR)
 
     def write(self, **record: Any) -> None:
         if self._fh is None:
@@ -123,11 +132,16 @@ class MetricsLog:
         record.setdefault("time", time.time())
         self._fh.write(json.dumps(record, sort_keys=True, default=float) + "\n")
         self._fh.flush()
+        if self._tb is not None:
+            self._tb.record(record)
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def __enter__(self) -> "MetricsLog":
         return self

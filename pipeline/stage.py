@@ -4,9 +4,18 @@ A stage's output lives in ``WORK/<kind>/<name>/<fp12>/``. It is built in
 ``WORK/<kind>/<name>/<fp12>.partial/`` (kept across crashes so long stages can resume from
 their own state), ``stage.json`` is written last into it, and the folder is then renamed into
 place. ``stage.json`` in the final folder is the only "done" marker.
+
+``stage.json`` also lists every output file with its size (and the sha256 of each file that is not
+HDF5; HDF5 files carry a fletcher32 checksum per chunk). ``status`` checks that the files are
+there with those sizes; ``status --verify`` reads every byte. A stage whose output is damaged is
+not done: the next build moves the folder back to ``.partial`` without the damaged files, so the
+stage's own resume logic rebuilds only what is gone (a teacher cache rebuilds just the missing
+shards). One build per stage at a time: a lock file beside the output holds the builder's PID.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -14,22 +23,26 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pipeline import distributed
+from pipeline.code_digest import code_digests
 from pipeline.config import Config, dump_toml
 from pipeline.distributed import DistInfo
-from pipeline.fingerprint import atomic_write_text, canonical_json, sha256_json
+from pipeline.errors import UserError
+from pipeline.fingerprint import atomic_write_text, canonical_json, sha256_file, sha256_json
 
 log = logging.getLogger("pipeline")
 
 STAGE_FILE = "stage.json"
 
 
-class StageError(RuntimeError):
-    """A stage cannot run: an upstream is missing or stale, or its inputs are unusable."""
+class StageError(UserError, RuntimeError):
+    """A stage cannot run: an upstream is missing or stale, its inputs are unusable, or another
+    process is building it."""
 
 
 @dataclass
@@ -68,6 +81,7 @@ class Stage:
     inputs: Callable[[dict[str, Path]], dict[str, str]] = lambda up: {}
     command: str = ""  # the CLI command that builds it, for messages
     parallel: bool = False  # True: every rank runs build (it splits the work); else rank 0 alone
+    code: tuple[str, ...] = ()  # entry modules whose source (and imports') enters the fingerprint
     _components: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -86,6 +100,7 @@ class Stage:
                 "config": self.semantic,
                 "upstream": {u.key: u.fingerprint(work) for u in self.upstream},
                 "inputs": self.inputs(self.upstream_dirs(work)),
+                "code": code_digests(self.code) if self.code else {},
             }
         return self._components
 
@@ -103,13 +118,161 @@ class Stage:
 
 
 # ----------------------------------------------------------------------------------------------
+# Output integrity: what stage.json records about the files, and checks against it
+# ----------------------------------------------------------------------------------------------
+
+OUTPUTS_KEY = "outputs"
+_HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def _output_files(folder: Path) -> list[Path]:
+    """Every file of a stage folder except ``stage.json`` itself, sorted (relative paths)."""
+    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and p.name != STAGE_FILE)
+
+
+def record_outputs(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{relpath: {"size": n, "sha256": hex}}``; HDF5 files get no sha256 (their chunks carry
+    fletcher32 checksums, checked by reading them, which costs no extra pass at build time)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rel in _output_files(folder):
+        path = folder / rel
+        entry: dict[str, Any] = {"size": path.stat().st_size}
+        if path.suffix.lower() not in _HDF5_SUFFIXES:
+            entry["sha256"] = sha256_file(path)
+        out[rel.as_posix()] = entry
+    return out
+
+
+def check_outputs(folder: Path, record: dict[str, Any]) -> list[tuple[str, str]]:
+    """Cheap check (one ``stat`` per file): ``[(relpath, problem)]`` for files gone or resized."""
+    problems = []
+    for rel, entry in sorted((record.get(OUTPUTS_KEY) or {}).items()):
+        path = folder / rel
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append((rel, "missing"))
+            continue
+        if size != entry.get("size"):
+            problems.append((rel, f"size {size} bytes, {entry.get('size')} when built"))
+    return problems
+
+
+def _verify_hdf5(path: Path, block: int = 64) -> str | None:
+    """Read every dataset of an HDF5 file so HDF5 checks each chunk's fletcher32 checksum."""
+    import h5py
+    import numpy as np
+
+    def read(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.shape and obj.size:
+            for start in range(0, obj.shape[0], block):
+                np.asarray(obj[start:start + block])
+        elif isinstance(obj, h5py.Dataset):
+            obj[()]
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(read)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"checksum mismatch or unreadable HDF5 ({first})"
+    return None
+
+
+def verify_outputs(folder: Path, record: dict[str, Any]) -> list[tuple[str, str]]:
+    """Full check: sizes, then every byte (sha256, or every HDF5 chunk's fletcher32)."""
+    problems = check_outputs(folder, record)
+    bad = {rel for rel, _ in problems}
+    for rel, entry in sorted((record.get(OUTPUTS_KEY) or {}).items()):
+        if rel in bad:
+            continue
+        path = folder / rel
+        if path.suffix.lower() in _HDF5_SUFFIXES:
+            why = _verify_hdf5(path)
+            if why:
+                problems.append((rel, why))
+        elif "sha256" in entry and sha256_file(path) != entry["sha256"]:
+            problems.append((rel, "checksum mismatch (sha256 differs from the one recorded at build time)"))
+    return problems
+
+
+def _remove_damaged(out: Path, partial: Path, damaged: list[str]) -> None:
+    """Turn a damaged (or ``stage.json``-less) output folder back into the stage's ``.partial`` folder,
+    without the damaged files, so the stage's own resume logic rebuilds only what is gone."""
+    root = out.resolve()
+    for rel in damaged:
+        path = (out / rel).resolve()
+        if path.is_relative_to(root) and path != root:  # a hand-edited stage.json must not reach outside
+            path.unlink(missing_ok=True)
+    (out / STAGE_FILE).unlink(missing_ok=True)
+    if partial.exists():
+        shutil.rmtree(partial)
+    out.rename(partial)
+
+
+def demote_damaged(stage: "Stage", work: Path, problems: list[tuple[str, str]]) -> Path:
+    """Mark a finished stage as not done because of ``problems``; returns its ``.partial`` folder."""
+    out, partial = stage.out_dir(work), stage.partial_dir(work)
+    with stage_lock(stage, work):
+        _remove_damaged(out, partial, [rel for rel, _ in problems])
+    log.warning("%s: %d damaged file(s) removed (first: %s: %s); the next run rebuilds only those",
+                stage.key, len(problems), problems[0][0], problems[0][1])
+    return partial
+
+
+def verify_stage(stage: "Stage", work: Path, *, repair: bool = True) -> list[tuple[str, str]]:
+    """``status --verify``: every byte of a finished stage against stage.json; with ``repair``, a
+    damaged stage is moved back to ``.partial`` so that the next run rebuilds only its damaged files."""
+    out = stage.out_dir(work)
+    record = read_record(out)
+    problems = verify_outputs(out, record)
+    if problems and repair:
+        demote_damaged(stage, work, problems)
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# One builder per stage
+# ----------------------------------------------------------------------------------------------
+
+def lock_path(stage: "Stage", work: Path) -> Path:
+    """Beside the output folders, never inside one (a lock file must not become an output)."""
+    return work / stage.kind / stage.name / f".{stage.fingerprint(work)[:12]}.lock"
+
+
+@contextmanager
+def stage_lock(stage: "Stage", work: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold the stage's build lock (``flock``: released by the kernel even on SIGKILL).
+
+    ``shared``: job-array shards of one stage build side by side, but never beside a full build.
+    """
+    path = lock_path(stage, work)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise StageError(f"stage {stage.key} is being built by PID {pid} (lock {path}); wait for it to "
+                             f"finish or stop that process, then rerun") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------
 # Status
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
 class StageStatus:
     stage: Stage
-    state: str  # "done" | "stale" | "missing" | "partial"
+    state: str  # "done" | "damaged" | "stale" | "missing"
     reasons: list[str]
     path: Path | None
 
@@ -157,6 +320,12 @@ def explain_change(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in sorted(set(old.get("inputs", {})) | set(new.get("inputs", {}))):
         if old.get("inputs", {}).get(key) != new.get("inputs", {}).get(key):
             reasons.append(f"input {key} changed")
+    old_code, new_code = old.get("code", {}), new.get("code", {})
+    code = [f"code {path} {'added' if path not in old_code else 'removed' if path not in new_code else 'changed'}"
+            for path in sorted(set(old_code) | set(new_code)) if old_code.get(path) != new_code.get(path)]
+    if len(code) > 4:  # e.g. an output built before code entered fingerprints: name a few, count the rest
+        code = code[:3] + [f"and {len(code) - 3} more source files"]
+    reasons += code
     return reasons or ["fingerprint changed"]
 
 
@@ -168,6 +337,15 @@ def _dig(d: Any, dotted: str) -> Any:
     return d
 
 
+def _damage(out: Path) -> list[tuple[str, str]]:
+    """The cheap integrity check of a finished folder (an unreadable stage.json is damage too)."""
+    try:
+        record = read_record(out)
+    except (OSError, ValueError) as exc:
+        return [(STAGE_FILE, f"unreadable ({exc})")]
+    return check_outputs(out, record)
+
+
 def stage_status(stage: Stage, work: Path) -> StageStatus:
     """done, stale (naming what changed since the last finished output), partial or missing."""
     try:
@@ -175,7 +353,11 @@ def stage_status(stage: Stage, work: Path) -> StageStatus:
     except (OSError, StageError) as exc:
         return StageStatus(stage, "missing", [f"cannot fingerprint yet: {exc}"], None)
     if (out / STAGE_FILE).is_file():
-        return StageStatus(stage, "done", [], out)
+        problems = _damage(out)
+        if not problems:
+            return StageStatus(stage, "done", [], out)
+        return StageStatus(stage, "damaged", [f"{rel}: {why}" for rel, why in problems[:5]]
+                           + [f"{len(problems)} damaged file(s); the next run rebuilds only those"], out)
     reasons = []
     prev = _latest_record(work / stage.kind / stage.name)
     if prev is not None:
@@ -200,36 +382,104 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None = None,
-              force: bool = False, build_upstream: bool = False, dry_run: bool = False,
-              options: dict[str, Any] | None = None, _top: bool = True) -> Path | None:
-    """Build ``stage`` unless its output is done; return its folder.
-
-    Upstream stages must be done, unless ``build_upstream`` (then they are built first). Under
-    torchrun every rank calls this: rank 0 decides, every rank builds (a build splits its own
-    work across ranks), rank 0 writes ``stage.json`` and renames the folder into place.
-    """
-    dist = dist or distributed.current()
+def _ensure_upstream(stage: Stage, work: Path, config: Config, dist: DistInfo, build_upstream: bool,
+                     dry_run: bool, options: dict[str, Any] | None) -> None:
+    """Every upstream done, building missing ones first when ``build_upstream``."""
     for up in stage.upstream:
         st = stage_status(up, work)
-        if st.state != "done":
+        # rank 0 decides: on several nodes each rank's view of a shared file system may lag
+        state, reasons = distributed.broadcast_object((st.state, st.reasons))
+        if state != "done":
             if not build_upstream:
-                why = f" ({'; '.join(st.reasons)})" if st.reasons else ""
+                why = f" ({'; '.join(reasons)})" if reasons else ""
                 raise StageError(
-                    f"{stage.key} needs {up.key}, which is {st.state}{why}. "
+                    f"{stage.key} needs {up.key}, which is {state}{why}. "
                     f"Build it first with `{up.command}`, or pass --build-upstream.")
             if dry_run:
-                log.info("would build %s (%s)", up.key, st.state)
+                log.info("would build %s (%s)", up.key, state)
                 continue
             run_stage(up, work, config, dist=dist, force=False, build_upstream=True, options=options, _top=False)
 
+
+def _is_done(out: Path) -> bool:
+    return (out / STAGE_FILE).is_file() and not _damage(out)
+
+
+def _lock_all_ranks(stage: Stage, work: Path, dist: DistInfo, stack: ExitStack, shared: bool) -> None:
+    """Rank 0 takes the stage lock; a refusal is raised on every rank (none may wait at a barrier)."""
+    refusal = None
+    if dist.is_main:
+        try:
+            stack.enter_context(stage_lock(stage, work, shared=shared))
+        except (StageError, OSError) as exc:
+            refusal = exc
+    message = distributed.broadcast_object(None if refusal is None else str(refusal))
+    if refusal is not None:
+        raise refusal
+    if message is not None:
+        raise StageError(message)
+
+
+def _prepare_partial(stage: Stage, work: Path, config: Config, force: bool, restart: bool) -> Path:
+    """The ``.partial`` folder to build in: a damaged or ``stage.json``-less output becomes it
+    (minus the damaged files), so the build resumes instead of failing on "Directory not empty"."""
+    out, partial = stage.out_dir(work), stage.partial_dir(work)
+    if force and partial.exists() and restart:
+        shutil.rmtree(partial)
+    if out.exists() and not force and not _is_done(out):
+        problems = _damage(out) if (out / STAGE_FILE).is_file() else []
+        why = f"{len(problems)} damaged file(s), e.g. {problems[0][0]}: {problems[0][1]}" if problems else \
+            "no stage.json (an unfinished or interrupted output)"
+        log.warning("%s: %s; resuming from the rest of %s", stage.key, why, out)
+        _remove_damaged(out, partial, [rel for rel, _ in problems])
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(partial / "config.toml", dump_toml(config))
+    return partial
+
+
+def _finish(stage: Stage, work: Path, partial: Path, summary: dict[str, Any], elapsed: float,
+            dist: DistInfo) -> Path:
+    """Record the outputs (sizes, checksums) in stage.json, then rename the folder into place."""
+    out = stage.out_dir(work)
+    record = {
+        "stage": stage.kind,
+        "name": stage.name,
+        "fingerprint": stage.fingerprint(work),
+        "components": stage.components(work),
+        "summary": summary,
+        "timings": {"build_s": round(elapsed, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        "versions": _versions(),
+        "world_size": dist.world_size,
+        OUTPUTS_KEY: record_outputs(partial),
+    }
+    if out.exists():  # --force, or a leftover folder without stage.json
+        trash = out.with_name(out.name + f".old-{os.getpid()}")
+        out.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    atomic_write_text(partial / STAGE_FILE, json.dumps(record, indent=2, sort_keys=True, default=str))
+    partial.rename(out)
+    log.info("%s done in %.1f s -> %s", stage.key, elapsed, out)
+    return out
+
+
+def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None = None,
+              force: bool = False, build_upstream: bool = False, dry_run: bool = False,
+              options: dict[str, Any] | None = None, _top: bool = True) -> Path | None:
+    """Build ``stage`` unless its output is done (and intact); return its folder.
+
+    Upstream stages must be done, unless ``build_upstream`` (then they are built first). Under
+    torchrun every rank calls this: rank 0 decides and holds the stage's lock, every rank builds (a
+    build splits its own work across ranks), rank 0 writes ``stage.json`` and renames the folder
+    into place.
+    """
+    dist = dist or distributed.current()
+    _ensure_upstream(stage, work, config, dist, build_upstream, dry_run, options)
     out = stage.out_dir(work)
     fingerprints = distributed.all_gather_objects(stage.fingerprint(work))
     if len(set(fingerprints)) != 1:
         raise StageError(f"{stage.key}: ranks disagree on the fingerprint ({', '.join(f[:12] for f in fingerprints)}); "
                          "every rank must see the same config, files and checkpoints")
-    done = distributed.broadcast_object((out / STAGE_FILE).is_file())
-    if done and not force:
+    if distributed.broadcast_object(_is_done(out)) and not force:
         log.info("%s is up to date (%s)", stage.key, out)
         return out
     if dry_run:
@@ -237,47 +487,37 @@ def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None
         log.info("would build %s (%s%s)", stage.key, st.state, f": {'; '.join(st.reasons)}" if st.reasons else "")
         return None
 
-    partial = stage.partial_dir(work)
-    if dist.is_main:
-        if force and partial.exists() and options and options.get("restart"):
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(partial / "config.toml", dump_toml(config))
-    distributed.barrier()
+    options = dict(options or {})
+    with ExitStack() as stack:
+        _lock_all_ranks(stage, work, dist, stack, shared=options.get("num_shards") is not None)
+        # The lock's previous holder may have just finished this very stage.
+        if distributed.broadcast_object(_is_done(out)) and not force:
+            log.info("%s was finished by another process (%s)", stage.key, out)
+            return out
+        partial = stage.partial_dir(work)
+        if dist.is_main:
+            _prepare_partial(stage, work, config, force, bool(options.get("restart")))
+        distributed.barrier()
 
-    log.info("building %s -> %s", stage.key, out)
-    ctx = BuildContext(stage=stage, out_dir=partial, work_dir=work, config=config, dist=dist,
-                       upstream=stage.upstream_dirs(work), options=dict(options or {}))
-    t0 = time.time()
-    summary: dict[str, Any] = {}
-    if stage.parallel or dist.is_main:
-        summary = stage.build(ctx) or {}
-    summary = distributed.broadcast_object(summary)
-    elapsed = time.time() - t0
+        log.info("building %s -> %s", stage.key, out)
+        ctx = BuildContext(stage=stage, out_dir=partial, work_dir=work, config=config, dist=dist,
+                           upstream=stage.upstream_dirs(work), options=options)
+        t0 = time.time()
+        summary: dict[str, Any] = {}
+        if stage.parallel or dist.is_main:
+            summary = stage.build(ctx) or {}
+        # a rank-0-only stage (manifest probing: hours) or a rank with more shards keeps the others
+        # waiting: a long-timeout gloo group, not the 30-minute default one (pipeline/distributed.py)
+        summary = distributed.broadcast_after_wait(summary)
+        elapsed = time.time() - t0
 
-    if summary.get("complete", True) is False:
-        log.info("%s: part of the work is done (%s); the stage is finished by a run over all shards",
-                 stage.key, summary.get("message", ""))
-        return None
-    if dist.is_main:
-        record = {
-            "stage": stage.kind,
-            "name": stage.name,
-            "fingerprint": stage.fingerprint(work),
-            "components": stage.components(work),
-            "summary": summary,
-            "timings": {"build_s": round(elapsed, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
-            "versions": _versions(),
-            "world_size": dist.world_size,
-        }
-        if out.exists() and force:
-            trash = out.with_name(out.name + f".old-{os.getpid()}")
-            out.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        atomic_write_text(partial / STAGE_FILE, json.dumps(record, indent=2, sort_keys=True, default=str))
-        partial.rename(out)
-        log.info("%s done in %.1f s -> %s", stage.key, elapsed, out)
-    distributed.barrier()
+        if summary.get("complete", True) is False:
+            log.info("%s: part of the work is done (%s); the stage is finished by a run over all shards",
+                     stage.key, summary.get("message", ""))
+            return None
+        if dist.is_main:
+            _finish(stage, work, partial, summary, elapsed, dist)
+        distributed.barrier()
     return out
 
 

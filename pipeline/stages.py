@@ -14,14 +14,23 @@ from typing import Any
 from pipeline.config import Config, ConfigError, semantic_dict
 from pipeline.fingerprint import DigestCache, file_set_digest
 from pipeline.stage import BuildContext, Stage, StageError
+from pipeline.tensorboard_log import log_final, log_teacher_maps
 
 log = logging.getLogger("pipeline")
 
 SYNTHETIC_PREFIX = "synthetic:"
 
+# The entry modules of each stage's build: their source, and that of the project modules they
+# import, enter the stage's fingerprint (pipeline/code_digest.py), so new code rebuilds its stage.
+CODE = {"synthetic": ("data_manifests.synthetic.generate",), "manifest": ("data_manifests.builders",),
+        "teacher-cache": ("teacher.cache_stage",), "pretrain": ("student.pretrain",),
+        "finetune": ("student.finetune",), "evaluate": ("student.evaluate", "student.human_focus"),
+        "retrieval": ("student.retrieval",),
+        "transcode": ("data_manifests.transcode",), "linear-probe": ("student.linear_probe",)}
+
 # Bumped by hand when a stage's output changes meaning for the same inputs.
-VERSIONS = {"synthetic": 1, "manifest": 1, "teacher-cache": 1, "pretrain": 1, "finetune": 1,
-            "evaluate": 1, "retrieval": 1}
+VERSIONS = {"synthetic": 2, "manifest": 1, "teacher-cache": 1, "pretrain": 1, "finetune": 1,
+            "evaluate": 1, "retrieval": 1, "transcode": 1, "linear-probe": 1}
 
 
 def is_synthetic(value: str) -> bool:
@@ -62,7 +71,7 @@ class StageGraph:
         return self._memo("synthetic", lambda: Stage(
             kind="synthetic", name="default", version=VERSIONS["synthetic"],
             semantic=semantic_dict(self.cfg.synthetic), upstream=[], build=build,
-            command="pipeline synthetic"))
+            command="pipeline synthetic", code=CODE["synthetic"]))
 
     def manifest(self, name: str) -> Stage:
         ds = self.cfg.dataset(name)
@@ -94,13 +103,13 @@ class StageGraph:
                 progress=ctx.dist.is_main)
             manifest.dataset = name
             if ctx.dist.is_main:
-                write_manifest(ctx.out_dir, manifest, rejected)
+                write_manifest(ctx.out_dir, manifest, rejected, relative_to=ctx.work_dir)  # movable work dir
             return manifest_summary(manifest, rejected)
 
         return self._memo(f"manifest:{name}", lambda: Stage(
             kind="manifest", name=name, version=VERSIONS["manifest"],
             semantic=semantic_dict(ds), upstream=upstream, build=build, inputs=inputs,
-            command=f"pipeline manifest --dataset {name}"))
+            command=f"pipeline manifest --dataset {name}", code=CODE["manifest"]))
 
     def teacher_cache(self) -> Stage:
         t, clips = self.cfg.teacher, self.cfg.clips
@@ -123,21 +132,51 @@ class StageGraph:
             from teacher.cache_stage import build_teacher_cache
 
             comps = ctx.stage.components(self.work)
-            return build_teacher_cache(
+            summary = build_teacher_cache(
                 ctx.upstream_dir("manifest"), ctx.out_dir, t, clips, dist=ctx.dist,
                 fingerprint=ctx.stage.fingerprint(self.work),
                 checkpoint_sha256=comps["inputs"].get("checkpoint", ""),
                 shard_index=ctx.options.get("shard_index"), num_shards=ctx.options.get("num_shards"))
+            if ctx.dist.is_main and summary.get("complete", True):  # optional TensorBoard image of the maps
+                log_teacher_maps(ctx.out_dir)
+            return summary
 
         return self._memo("teacher-cache", lambda: Stage(
             kind="teacher-cache", name=name, version=VERSIONS["teacher-cache"],
             semantic={"teacher": semantic_dict(t), "clips": semantic_dict(clips)},
             upstream=[self.manifest(name)], build=build, inputs=inputs,
-            command="pipeline teacher-cache", parallel=True))
+            command="pipeline teacher-cache", parallel=True,
+            code=CODE["teacher-cache"]))
+
+    def transcode(self, name: str) -> Stage:
+        """Small seek-friendly copies of dataset ``name`` (every frame index kept); its output is a
+        manifest of the copies, which the student stages read instead of the original manifest."""
+        tc = self.cfg.transcode
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from data_manifests.transcode import TranscodeSpec, build_transcode
+
+            return build_transcode(ctx.upstream_dir("manifest"), ctx.out_dir,
+                                   TranscodeSpec(short_side=tc.short_side, codec=tc.codec), dist=ctx.dist,
+                                   final_dir=ctx.stage.out_dir(self.work), workers=tc.workers,
+                                   shard_index=ctx.options.get("shard_index"), num_shards=ctx.options.get("num_shards"),
+                                   progress=ctx.dist.is_main)
+
+        return self._memo(f"transcode:{name}", lambda: Stage(
+            kind="transcode", name=name, version=VERSIONS["transcode"], semantic=semantic_dict(tc),
+            upstream=[self.manifest(name)], build=build, command=f"pipeline transcode --dataset {name}",
+            parallel=True, code=CODE["transcode"]))
+
+    def _videos(self, name: str) -> Stage:
+        """Where the student reads dataset ``name``: the transcoded copies when [transcode] is on."""
+        return self.transcode(name) if self.cfg.transcode.enabled else self.manifest(name)
+
+    def _videos_dir(self, ctx: BuildContext) -> Path:
+        return ctx.upstream_dir("transcode" if self.cfg.transcode.enabled else "manifest")
 
     def pretrain(self) -> Stage:
         p, m, clips = self.cfg.pretrain, self.cfg.model, self.cfg.clips
-        upstream = [self.manifest(p.dataset)] + ([self.teacher_cache()] if m.kd else [])
+        upstream = [self._videos(p.dataset)] + ([self.teacher_cache()] if m.kd else [])
 
         def inputs(up: dict[str, Path]) -> dict[str, str]:
             if not p.init_from:
@@ -153,14 +192,15 @@ class StageGraph:
             from student.pretrain import pretrain
 
             cache = ctx.upstream_dir("teacher-cache") if m.kd else None
-            return pretrain(ctx.upstream_dir("manifest"), cache, ctx.out_dir, m, p, clips, dist=ctx.dist)
+            return pretrain(self._videos_dir(ctx), cache, ctx.out_dir, m, p, clips, dist=ctx.dist)
 
         semantic = {"model": semantic_dict(m), "pretrain": semantic_dict(p), "clips": semantic_dict(clips)}
         if not m.kd:
             semantic["teacher"] = None
         return self._memo("pretrain", lambda: Stage(
             kind="pretrain", name=p.dataset, version=VERSIONS["pretrain"], semantic=semantic,
-            upstream=upstream, build=build, inputs=inputs, command="pipeline pretrain", parallel=True))
+            upstream=upstream, build=build, inputs=inputs, command="pipeline pretrain", parallel=True,
+            code=CODE["pretrain"]))
 
     def _finetune_name(self) -> str:
         f = self.cfg.finetune
@@ -168,13 +208,13 @@ class StageGraph:
 
     def finetune(self) -> Stage:
         f, m = self.cfg.finetune, self.cfg.model
-        upstream = [self.manifest(f.dataset)] + ([] if f.from_scratch else [self.pretrain()])
+        upstream = [self._videos(f.dataset)] + ([] if f.from_scratch else [self.pretrain()])
 
         def build(ctx: BuildContext) -> dict[str, Any]:
             from student.finetune import finetune
 
             pre = None if f.from_scratch else ctx.upstream_dir("pretrain")
-            return finetune(ctx.upstream_dir("manifest"), pre, ctx.out_dir, m, f, dist=ctx.dist,
+            return finetune(self._videos_dir(ctx), pre, ctx.out_dir, m, f, dist=ctx.dist,
                             clip_len=self.cfg.clips.clip_len)
 
         name = self._finetune_name() + ("-scratch" if f.from_scratch else "")
@@ -183,7 +223,7 @@ class StageGraph:
             semantic={"finetune": semantic_dict(f), "model": semantic_dict(m), "clip_len": self.cfg.clips.clip_len},
             upstream=upstream, build=build,
             command=f"pipeline finetune --dataset {f.dataset}"
-                    + (" --from-scratch" if f.from_scratch else ""), parallel=True))
+                    + (" --from-scratch" if f.from_scratch else ""), parallel=True, code=CODE["finetune"]))
 
     def evaluate(self) -> Stage:
         e = self.cfg.evaluate
@@ -192,13 +232,19 @@ class StageGraph:
         def build(ctx: BuildContext) -> dict[str, Any]:
             from student.evaluate import evaluate
 
-            return evaluate(ctx.upstream_dir("manifest"), ctx.upstream_dir("finetune"), ctx.out_dir, e,
-                            dist=ctx.dist)
+            summary = evaluate(self._videos_dir(ctx), ctx.upstream_dir("finetune"), ctx.out_dir, e,
+                               dist=ctx.dist)
+            if ctx.dist.is_main:  # synthetic data: how much of the CAM mass falls on the person (paper Fig. 3)
+                summary.update(record_human_focus(self.manifest(self.cfg.finetune.dataset).out_dir(self.work),
+                                                  ctx.upstream_dir("finetune"), ctx.out_dir))
+                log_final(ctx.out_dir, "evaluate", summary)  # optional TensorBoard final top-1 / top-5
+            return summary
 
         return self._memo("evaluate", lambda: Stage(
             kind="evaluate", name=ft.name, version=VERSIONS["evaluate"], semantic=semantic_dict(e),
-            upstream=[self.manifest(self.cfg.finetune.dataset), ft], build=build,
-            command=f"pipeline evaluate --dataset {self.cfg.finetune.dataset}", parallel=True))
+            upstream=[self._videos(self.cfg.finetune.dataset), ft], build=build,
+            command=f"pipeline evaluate --dataset {self.cfg.finetune.dataset}", parallel=True,
+            code=CODE["evaluate"]))
 
     def retrieval(self) -> Stage:
         r = self.cfg.retrieval
@@ -206,15 +252,40 @@ class StageGraph:
         def build(ctx: BuildContext) -> dict[str, Any]:
             from student.retrieval import retrieval
 
-            return retrieval(ctx.upstream_dir("manifest"), ctx.upstream_dir("pretrain"), ctx.out_dir, r,
-                             dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
+            summary = retrieval(self._videos_dir(ctx), ctx.upstream_dir("pretrain"), ctx.out_dir, r,
+                                dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
+            if ctx.dist.is_main:
+                log_final(ctx.out_dir, "retrieval", summary)
+            return summary
 
         name = f"{r.dataset}-split{self.cfg.dataset(r.dataset).split}"
         return self._memo("retrieval", lambda: Stage(
             kind="retrieval", name=name, version=VERSIONS["retrieval"],
             semantic={"retrieval": semantic_dict(r), "clip_len": self.cfg.clips.clip_len},
-            upstream=[self.manifest(r.dataset), self.pretrain()], build=build,
-            command=f"pipeline retrieval --dataset {r.dataset}", parallel=True))
+            upstream=[self._videos(r.dataset), self.pretrain()], build=build,
+            command=f"pipeline retrieval --dataset {r.dataset}", parallel=True,
+            code=CODE["retrieval"]))
+
+    def linear_probe(self) -> Stage:
+        """Frozen-feature logistic regression on one dataset split (student/linear_probe.py)."""
+        lp = self.cfg.linear_probe
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from student.linear_probe import linear_probe
+
+            summary = linear_probe(self._videos_dir(ctx), ctx.upstream_dir("pretrain"), ctx.out_dir, lp,
+                                   dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
+            if ctx.dist.is_main:
+                log_final(ctx.out_dir, "linear-probe", summary)
+            return summary
+
+        name = f"{lp.dataset}-split{self.cfg.dataset(lp.dataset).split}"
+        return self._memo("linear-probe", lambda: Stage(
+            kind="linear-probe", name=name, version=VERSIONS["linear-probe"],
+            semantic={"linear_probe": semantic_dict(lp), "clip_len": self.cfg.clips.clip_len},
+            upstream=[self._videos(lp.dataset), self.pretrain()], build=build,
+            command=f"pipeline linear-probe --dataset {lp.dataset}", parallel=True,
+            code=CODE["linear-probe"]))
 
     # -- the whole run --------------------------------------------------------------------
 
@@ -223,11 +294,14 @@ class StageGraph:
         makers = {
             "synthetic": lambda: [self.synthetic()] if self._uses_synthetic() else [],
             "manifest": lambda: [self.manifest(n) for n in self._datasets_used()],
+            "transcode": lambda: ([self.transcode(n) for n in self._datasets_used()]
+                                  if self.cfg.transcode.enabled else []),
             "teacher-cache": lambda: [self.teacher_cache()] if self.cfg.model.kd else [],
             "pretrain": lambda: [self.pretrain()],
             "finetune": lambda: [self.finetune()],
             "evaluate": lambda: [self.evaluate()],
             "retrieval": lambda: [self.retrieval()],
+            "linear-probe": lambda: [self.linear_probe()],
         }
         out: list[Stage] = []
         for name in self.cfg.run.stages:
@@ -242,6 +316,8 @@ class StageGraph:
         names = [self.cfg.pretrain.dataset, self.cfg.finetune.dataset]
         if "retrieval" in self.cfg.run.stages:
             names.append(self.cfg.retrieval.dataset)
+        if "linear-probe" in self.cfg.run.stages:
+            names.append(self.cfg.linear_probe.dataset)
         return list(dict.fromkeys(names))
 
     def _uses_synthetic(self) -> bool:
@@ -266,3 +342,19 @@ def manifest_summary(manifest: Any, rejected: list[dict]) -> dict[str, Any]:
 def config_with(cfg: Config, **sections: Any) -> Config:
     """A copy of ``cfg`` with whole sections replaced (for command-line options)."""
     return dataclasses.replace(cfg, **sections)
+
+
+def record_human_focus(manifest_dir: Path, finetune_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Add the human-focus score to the evaluate stage's metrics.json (synthetic data only; {} otherwise)."""
+    import json
+
+    from student.human_focus import human_focus_of_split
+
+    focus = human_focus_of_split(manifest_dir, finetune_dir / "classifier.pt")
+    if focus is None:
+        return {}
+    metrics_path = out_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    metrics.update(focus)
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True), encoding="utf-8")
+    return focus

@@ -50,7 +50,7 @@ def teacher_show_cmd(ctx: click.Context, clip_id: str, output: Path) -> None:
         st = session.graph(cfg).teacher_cache()
         status = stage_status(st, session.work_dir)
     except ConfigError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from None
     if status.state != "done":
         raise click.ClickException(f"the teacher cache is {status.state}; build it with `{st.command}`")
     manifest_dir = st.upstream[0].out_dir(session.work_dir)
@@ -87,6 +87,9 @@ def visualize_cmd(ctx: click.Context, videos: tuple[Path, ...], classifier: Path
                                   device=resolve_device(device))
     for p in paths:
         click.echo(f"wrote {p}")
+    from pipeline.tensorboard_log import SUBDIR, log_png_files
+
+    log_png_files(out_dir / SUBDIR, "cam", list(paths))  # optional TensorBoard copy of the strips
 
 
 COMMANDS = [parse_image_cmd, teacher_show_cmd, visualize_cmd]

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from pipeline.errors import NonFiniteError, UserError, disk_full_error, is_disk_full
+
 
 class TrainingInterrupted(RuntimeError):
     """Training stopped on a signal after saving a checkpoint; rerunning the same command resumes."""
@@ -37,7 +39,7 @@ class TrainingInterrupted(RuntimeError):
                          f"to {checkpoint}; rerun the same command to resume")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be read or does not hold what the loop expects."""
 
 
@@ -85,9 +87,39 @@ def restore_rng(state: dict[str, Any]) -> None:
 # Files
 # --------------------------------------------------------------------------------------------
 
+def _first_non_finite(obj: Any, prefix: str = "") -> str | None:
+    """The key of the first floating tensor in ``obj`` (nested dicts/lists) holding NaN or inf."""
+    if isinstance(obj, torch.Tensor):
+        return prefix or "<tensor>" if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        bad = _first_non_finite(v, f"{prefix}.{k}" if prefix else str(k))
+        if bad is not None:
+            return bad
+    return None
+
+
+def non_finite_loss(what: str, epoch: int, step: int, checkpoint: Path) -> NonFiniteError:
+    """The error a training loop raises when its (all-reduced) loss is NaN or inf: nothing is marked
+    done, and the checkpoint on disk is the last finite state (``save_checkpoint`` never writes another)."""
+    kept = (f"{checkpoint} holds the last finite state saved before it" if Path(checkpoint).is_file()
+            else "no checkpoint had been saved yet")
+    return NonFiniteError(f"{what}: the loss became non-finite (NaN or inf) by epoch {epoch}, step {step}; training "
+                          f"stopped and nothing is marked done; {kept}. Lower the learning rate or check the "
+                          f"inputs, then rerun")
+
+
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically: temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
+    """Write ``state`` atomically: temp file in the same folder, fsync, ``os.replace``, fsync the folder.
+
+    A state holding NaN/inf is refused (the previous checkpoint stays the last finite one), and a
+    full disk is one clear error naming the file (torch.save alone says "unexpected pos").
+    """
     path = Path(path)
+    bad = _first_non_finite(state)
+    if bad is not None:
+        raise NonFiniteError(f"{path}: not saved: {bad} holds NaN or inf (training diverged); the previous "
+                             f"checkpoint, if any, is the last finite state. Lower the learning rate, then rerun")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -96,6 +128,10 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path, exc, "saving a checkpoint") from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

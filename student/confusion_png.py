@@ -49,8 +49,8 @@ def render_confusion(cm: np.ndarray, classes: Sequence[str], max_side: int = 120
         # column names: drawn horizontally on a strip then rotated to run upwards
         strip = np.full((c * cell, margin, 3), 255, np.uint8)
         for j, name in enumerate(classes):
-            cv2.putText(strip, str(name), (margin - 4 - cv2.getTextSize(str(name), cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0],
-                                           j * cell + cell // 2 + 4),
+            text_w = cv2.getTextSize(str(name), cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+            cv2.putText(strip, str(name), (margin - 4 - text_w, j * cell + cell // 2 + 4),
                         cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
         img[:margin, margin:margin + c * cell] = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
     cv2.putText(img, "rows: true class, columns: predicted (row-normalised)", (4, img.shape[0] - 8),

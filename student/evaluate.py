@@ -1,9 +1,14 @@
-"""Multi-view test protocol: N clips × M crops per video, softmax averaged per video.
+"""Multi-view test protocol: N clips × M crops per video, views averaged per video.
 
 Each video's views (``finetune_data.multi_views``) are run in chunks of ``cfg.chunk`` so memory
-is bounded whatever N × M is. Video-level scores are the mean of the views' softmax
-probabilities; "clip-level" accuracy counts every view as its own prediction (with M = 3 a view is
-one crop of one clip) and is labelled as such everywhere.
+is bounded whatever N × M is. How the views are combined follows the classifier's finetuning
+protocol (``student.protocols.view_aggregation``): the paper and RSPNet protocols average the
+views' logits, as RSPNet's test script does; a custom protocol averages their softmax
+probabilities. The two can rank classes differently (one confident view weighs more in the logit
+mean), so the choice is recorded in metrics.json. A video's ``probs`` are the mean probabilities,
+or the softmax of the mean logits, so predictions.jsonl always holds a distribution.
+"Clip-level" accuracy counts every view as its own prediction (with M = 3 a view is one crop of
+one clip) and is labelled as such everywhere.
 
 Distributed: rank r takes videos r, r + W, r + 2W, ... (no padding, so nothing is counted twice),
 results are gathered with ``all_gather_objects``, and :func:`check_gathered` refuses any duplicate
@@ -13,6 +18,7 @@ metrics from the gathered list; rank 0 writes the files. Ties in top-k: lower cl
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -25,28 +31,31 @@ from torch.utils.data import DataLoader
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
 from pipeline.distributed import DistInfo, all_gather_objects, resolve_device
+from pipeline.errors import UserError
+from pipeline.lifetime import DieWithParent
 from pipeline.progress import Progress
 from student.confusion_png import write_confusion_csv, write_confusion_png
 from student.finetune_data import ViewChunks
 from student.metrics import (confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy,
                              topk_correct, topk_indices)
+from student.protocols import view_aggregation
 
 log = logging.getLogger("pipeline")
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(UserError, RuntimeError):
     """Gathered predictions are inconsistent (duplicates, missing videos, wrong view counts)."""
 
 
 @dataclass
 class VideoScore:
-    """One video's accumulated views: mean softmax and per-view top-1/top-5 hits."""
+    """One video's accumulated views: video-level probabilities and per-view top-1/top-5 hits."""
 
     pos: int  # index into the evaluated entry list
     id: str
     label: int
     views: int
-    probs: np.ndarray  # (C,) float64 mean of the views' softmax
+    probs: np.ndarray  # (C,) float64: mean of the views' softmax, or softmax of their mean logits
     view_top1: int
     view_top5: int
 
@@ -64,15 +73,32 @@ def rank_positions(n: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, n, world_size))
 
 
+def inference_autocast(device: str | torch.device) -> Any:
+    """bf16 autocast for inference on CUDA (tensor-core 3D convolutions, half the activation memory); a no-op
+    on the CPU, where the reference numbers are float32."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def score_videos(model: torch.nn.Module, manifest: Manifest, entries: Sequence[VideoEntry], positions: Sequence[int],
                  *, clip_len: int, input_size: int, clips: int, crops: int, chunk: int, device: str,
-                 workers: int = 0, desc: str = "evaluate", progress: bool = True) -> list[VideoScore]:
-    """Run every view of ``entries[p]`` for ``p`` in ``positions`` through ``model`` (eval mode)."""
+                 workers: int = 0, desc: str = "evaluate", progress: bool = True,
+                 aggregate: str = "softmax") -> list[VideoScore]:
+    """Run every view of ``entries[p]`` for ``p`` in ``positions`` through ``model`` (eval mode).
+
+    ``aggregate``: ``"softmax"`` averages the views' probabilities, ``"logits"`` their logits
+    (then a softmax makes the video's ``probs``); see the module docstring.
+    """
+    if aggregate not in ("softmax", "logits"):
+        raise ValueError(f"score_videos: aggregate must be 'softmax' or 'logits', got {aggregate!r}")
     sub = [entries[p] for p in positions]
     ds = ViewChunks(manifest, sub, clip_len, input_size, clips, crops, chunk)
     # own generator: scoring must not advance the global RNG (exact resume of finetuning)
-    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                        worker_init_fn=DieWithParent() if workers else None,  # no orphans after a SIGKILL
+                        generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
     sums: dict[int, torch.Tensor] = {}
@@ -83,8 +109,11 @@ def score_videos(model: torch.nn.Module, manifest: Manifest, entries: Sequence[V
             for pos, first, views in loader:
                 pos, first = int(pos), int(first)
                 label = sub[pos].label
-                probs = torch.softmax(model(views.to(device, non_blocking=True)).float(), dim=1).cpu()
-                sums[pos] = sums.get(pos, torch.zeros(probs.shape[1], dtype=torch.float64)) + probs.double().sum(0)
+                with inference_autocast(device):
+                    logits = model(views.to(device, non_blocking=True)).float().cpu()
+                probs = torch.softmax(logits, dim=1)
+                summed = (logits if aggregate == "logits" else probs).double().sum(0)
+                sums[pos] = sums.get(pos, torch.zeros(probs.shape[1], dtype=torch.float64)) + summed
                 seen.setdefault(pos, []).extend(range(first, first + len(probs)))
                 lab = torch.full((len(probs),), label, dtype=torch.long)
                 h = hits.setdefault(pos, [0, 0])
@@ -100,7 +129,9 @@ def score_videos(model: torch.nn.Module, manifest: Manifest, entries: Sequence[V
             raise EvaluationError(f"video {sub[pos].id}: views {sorted(views_seen)} were run, expected "
                                   f"0..{ds.views_per_video - 1} once each")
         e = sub[pos]
-        out.append(VideoScore(positions[pos], e.id, e.label, len(views_seen), (sums[pos] / len(views_seen)).numpy(),
+        mean = sums[pos] / len(views_seen)
+        video_probs = torch.softmax(mean, dim=0) if aggregate == "logits" else mean
+        out.append(VideoScore(positions[pos], e.id, e.label, len(views_seen), video_probs.numpy(),
                               hits[pos][0], hits[pos][1]))
     return out
 
@@ -111,7 +142,8 @@ def gather_scores(local: list[VideoScore]) -> list[VideoScore]:
     return [VideoScore.from_obj(d) for part in parts for d in part]
 
 
-def check_gathered(scores: Sequence[VideoScore], entries: Sequence[VideoEntry], views_per_video: int) -> list[VideoScore]:
+def check_gathered(scores: Sequence[VideoScore], entries: Sequence[VideoEntry],
+                   views_per_video: int) -> list[VideoScore]:
     """Scores sorted by position, after checking each video appears once with ``views_per_video`` views."""
     ids = [e.id for e in entries]
     by_pos: dict[int, VideoScore] = {}
@@ -193,17 +225,22 @@ def evaluate(manifest_dir: Path, finetune_dir: Path, out_dir: Path, cfg: Any, *,
     model, info = load_classifier(Path(finetune_dir) / "classifier.pt", device)
     if list(info["classes"]) != list(manifest.classes):
         raise EvaluationError(f"{finetune_dir}/classifier.pt was trained on classes {info['classes'][:5]}... "
-                              f"but manifest {manifest_dir} has {manifest.classes[:5]}... ({len(manifest.classes)} classes)")
+                              f"but manifest {manifest_dir} has {manifest.classes[:5]}... "
+                              f"({len(manifest.classes)} classes)")
     views = cfg.clips * cfg.crops
+    protocol = (info.get("protocol") or {}).get("name")
+    aggregate = view_aggregation(protocol)
     local = score_videos(model, manifest, entries, rank_positions(len(entries), dist.rank, dist.world_size),
                          clip_len=info["clip_len"], input_size=info["input_size"], clips=cfg.clips, crops=cfg.crops,
                          chunk=cfg.chunk, device=device, workers=cfg.workers, desc=f"evaluate {split}",
-                         progress=dist.is_main)
+                         progress=dist.is_main, aggregate=aggregate)
     scores = check_gathered(gather_scores(local), entries, views)
     metrics, _, cm = summarise(scores, manifest.classes)
     metrics = {"split": split, "clips": cfg.clips, "crops": cfg.crops, "views_per_video": views,
                "clip_len": info["clip_len"], "input_size": info["input_size"],
                "selected_on": info.get("selected_on"), "selected_epoch": info.get("selected_epoch"),
+               "protocol": protocol, "aggregate": aggregate,
+               "test_selected": info.get("selected_on") == "test",
                "clip_level_note": "clip_top1/clip_top5 count every view (clip x crop) as its own prediction",
                **metrics}
     if dist.is_main:

@@ -7,11 +7,15 @@ process), SyncBatchNorm on multi-GPU CUDA only.
 Epoch selection (``cfg.select_on``):
   - ``"val"``: ``cfg.val_fraction`` of each class's train videos (chosen by ``seed``) are held out
     and never trained on; after every epoch the held-out videos are scored with a cheap view count
-    (:data:`VAL_CLIPS` evenly spaced centre-crop clips, softmax averaged: video-level top-1) and
+    (:data:`VAL_CLIPS` evenly spaced centre-crop clips, combined as the protocol's test does:
+    logits averaged for the paper / RSPNet protocols, softmax for custom; video-level top-1) and
     the best epoch is kept (ties: the earlier epoch). An empty held-out set (tiny data or
-    val_fraction 0) falls back to ``"last"`` and the summary says so.
-  - ``"test"``: every train video is trained on and the epoch is chosen on the TEST split with the
-    same cheap views (RSPNet's practice; optimistic, reported as such in summary and classifier.pt).
+    val_fraction 0) falls back to ``"last"`` and the summary says so. The default.
+  - ``"test"``: the test-selected reporting mode, for comparing with RSPNet's published numbers:
+    every train video is trained on and the epoch is chosen on the TEST split with the same cheap
+    views (RSPNet's practice). Optimistic: summary, classifier.pt and metrics.json say so, and the
+    results table (``pipeline.results``) puts its figures in their own "test-selected" columns,
+    never in the default ones.
   - ``"last"``: every train video is trained on; the last epoch is kept.
 
 Batches: ``batch_size`` clips per process; the ragged last batch of an epoch is dropped (tiny
@@ -51,14 +55,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
 from pipeline.distributed import DistInfo, all_gather_objects, barrier, resolve_device
+from pipeline.errors import UserError
+from pipeline.lifetime import DieWithParent
 from pipeline.progress import MetricsLog, Progress
-from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, restore_rng,
-                                   save_checkpoint)
+from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, non_finite_loss,
+                                   restore_rng, save_checkpoint)
 from student.evaluate import check_gathered, gather_scores, rank_positions, score_videos, summarise
 from student.finetune_data import TrainClips
 from student.model import ClassifierModel, MultiTaskStudent, load_encoders
 from student.optim import build_sgd, cosine_schedule, current_lr, multistep_schedule
-from student.protocols import ProtocolError, resolve_protocol
+from student.protocols import ProtocolError, resolve_protocol, view_aggregation
 
 log = logging.getLogger("pipeline")
 
@@ -68,7 +74,7 @@ COSINE_FINAL_RATIO = 1e-3  # cosine decays to lr/1000 (as in RSPNet's pretrainin
 MATCH_KEYS = ("backbone", "width", "split_after", "kd", "task_dependent")
 
 
-class FinetuneError(RuntimeError):
+class FinetuneError(UserError, RuntimeError):
     """Finetuning cannot start: bad inputs, mismatched pretraining, an unusable checkpoint."""
 
 
@@ -140,7 +146,8 @@ def load_classifier(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
     return model.to(device).eval(), info
 
 
-def resolve_clip_len(clip_len: int | None, pretrained: dict[str, Any] | None, pretrain_dir: Path | None) -> tuple[int, str]:
+def resolve_clip_len(clip_len: int | None, pretrained: dict[str, Any] | None,
+                     pretrain_dir: Path | None) -> tuple[int, str]:
     """Explicit value > student.pt's ``clip_len`` > pretrain_dir/config.toml [clips] clip_len > 16."""
     if clip_len is not None:
         return int(clip_len), "argument"
@@ -206,8 +213,15 @@ def deterministic_mode(enabled: bool, device: str) -> Iterator[None]:
     deterministic for a fixed thread count, and ``torch.use_deterministic_algorithms`` costs a
     multi-second import of torch._inductor the first time it is called.
     """
-    if not enabled or not device.startswith("cuda"):
+    if not device.startswith("cuda"):
         yield
+        return
+    if not enabled:  # fixed clip shapes: let cuDNN time its kernels once and keep the fastest (as pretraining)
+        prev_benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = prev_benchmark
         return
     prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -219,6 +233,60 @@ def deterministic_mode(enabled: bool, device: str) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
+
+
+class EpochItems(torch.utils.data.Dataset):
+    """``(epoch, index)`` items of a dataset whose randomness follows its ``set_epoch``.
+
+    Why: a persistent DataLoader worker keeps its own copy of the dataset, which never sees the
+    main process's ``set_epoch``; carrying the epoch in every index lets finetuning keep one
+    loader, and its workers, for the whole run instead of starting new workers every epoch.
+    """
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        epoch, index = item
+        self.base.set_epoch(int(epoch))
+        return self.base[int(index)]
+
+
+class EpochBatchSampler:
+    """A batch sampler whose batches are replaced each epoch (it is iterated in the main process)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def set(self, epoch: int, batches: list[list[int]]) -> None:
+        self.batches = [[(epoch, i) for i in batch] for batch in batches]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@contextlib.contextmanager
+def _stop_workers_after(loader: DataLoader) -> Iterator[None]:
+    """Persistent workers are stopped when the run ends, however it ends."""
+    from student.pretrain_data import shutdown_workers
+
+    try:
+        yield
+    finally:
+        shutdown_workers(loader)
+
+
+def _add_device_sums(sums: list[float], on_device: torch.Tensor) -> list[float]:
+    """Fold the device-side (loss·n, correct) accumulators into the host sums (one sync) and reset them."""
+    loss_n, correct = (float(v) for v in on_device.cpu())
+    on_device.zero_()
+    return [sums[0] + loss_n, sums[1] + correct, sums[2]]
 
 
 def _all_reduce_sum(values: list[float], device: str) -> list[float]:
@@ -237,17 +305,19 @@ def _best_path(ckpt_dir: Path, epoch: int) -> Path:
     return ckpt_dir / f"best-e{epoch:04d}.pt"
 
 
-def _classifier_record(model_cfg: Any, manifest: Manifest, state: dict[str, torch.Tensor], **extra: Any) -> dict[str, Any]:
+def _classifier_record(model_cfg: Any, manifest: Manifest, state: dict[str, torch.Tensor],
+                       **extra: Any) -> dict[str, Any]:
     return {"model_config": dataclasses.asdict(model_cfg), "num_classes": len(manifest.classes),
             "classes": list(manifest.classes), "state_dict": state, **extra}
 
 
 def _select_score(model: torch.nn.Module, manifest: Manifest, entries: list[VideoEntry], *, clip_len: int,
-                  input_size: int, device: str, workers: int, dist: DistInfo) -> float:
-    """Video-level top-1 of ``entries`` with VAL_CLIPS centre-crop clips each (every rank gets it)."""
+                  input_size: int, device: str, workers: int, dist: DistInfo, aggregate: str = "softmax") -> float:
+    """Video-level top-1 of ``entries`` with VAL_CLIPS centre-crop clips each (every rank gets it); the
+    views are combined as the test protocol will combine them (``aggregate``)."""
     local = score_videos(model, manifest, entries, rank_positions(len(entries), dist.rank, dist.world_size),
                          clip_len=clip_len, input_size=input_size, clips=VAL_CLIPS, crops=1, chunk=VAL_CLIPS,
-                         device=device, workers=workers, desc="select", progress=False)
+                         device=device, workers=workers, desc="select", progress=False, aggregate=aggregate)
     scores = check_gathered(gather_scores(local), entries, VAL_CLIPS)
     return float(summarise(scores, manifest.classes)[0]["video_top1"])
 
@@ -284,7 +354,7 @@ def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model
     try:
         proto = resolve_protocol(cfg, model_cfg.backbone)
     except ProtocolError:
-        if cfg.protocol != "auto" or manifest.dataset == cfg.dataset:
+        if cfg.protocol not in ("auto", "paper", "rspnet") or manifest.dataset == cfg.dataset:
             raise
         proto = resolve_protocol(cfg, model_cfg.backbone, manifest.dataset)
 
@@ -341,7 +411,8 @@ def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
+            if state.get("scaler"):  # empty when written with amp off or bf16 (a disabled scaler): start afresh
+                scaler.load_state_dict(state["scaler"])
             start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
             best, history = dict(state["best"]), list(state["history"])
             restore_rng(state["rng"])
@@ -395,18 +466,23 @@ def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model
                     "model_config": dataclasses.asdict(model_cfg)})
             barrier()
 
-        with stop_ctx as stopper, metrics:
+        # One loader for the whole run (persistent workers); every index carries its epoch. Own generator:
+        # creating a loader must not advance the global RNG (exact resume).
+        epoch_sampler = EpochBatchSampler()
+        loader = DataLoader(EpochItems(dataset), batch_sampler=epoch_sampler, num_workers=cfg.workers,
+                            pin_memory=device.startswith("cuda"), persistent_workers=cfg.workers > 0,
+                            worker_init_fn=DieWithParent() if cfg.workers else None,
+                            generator=torch.Generator().manual_seed(cfg.seed * 1000))
+        with stop_ctx as stopper, metrics, _stop_workers_after(loader):
             for epoch in range(start_epoch, proto.epochs):
                 dataset.set_epoch(epoch)
                 batches = epoch_batches(len(train_entries), proto.batch_size, epoch, cfg.seed, dist, drop_last)[:spe]
                 first = start_step if epoch == start_epoch else 0
-                # own generator: creating a loader must not advance the global RNG (exact resume)
-                loader = DataLoader(dataset, batch_sampler=batches[first:], num_workers=cfg.workers,
-                                    pin_memory=device.startswith("cuda"),
-                                    generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+                epoch_sampler.set(epoch, batches[first:])
                 ddp.train()
                 # loss·n, correct, n of this rank's steps so far in the epoch (carried over a mid-epoch resume)
                 sums = resume_sums if first else [0.0, 0.0, 0.0]
+                on_device = torch.zeros(2, dtype=torch.float64, device=device)  # loss·n, correct: no per-step sync
                 t0 = time.perf_counter()
                 with Progress(len(batches), f"finetune epoch {epoch + 1}/{proto.epochs}", "step",
                               enabled=dist.is_main) as bar:
@@ -426,20 +502,24 @@ def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model
                         global_step += 1
                         steps_this_call += 1
                         n = len(y)
-                        loss_v = float(loss.detach())
-                        sums[0] += loss_v * n
-                        sums[1] += float((logits.detach().argmax(1) == y).sum())
+                        on_device[0] += loss.detach().double() * n
+                        on_device[1] += (logits.detach().argmax(1) == y).sum()
                         sums[2] += n
-                        bar.update(1, postfix=f"loss {loss_v:.3f} lr {lr_used:.2e}")
+                        bar.update(1)
                         if (step + 1) % cfg.log_interval == 0:
+                            loss_v = float(loss.detach())  # the only host sync of a step, every log_interval
+                            bar.postfix = f"loss {loss_v:.3f} lr {lr_used:.2e}"
                             metrics.write(kind="step", epoch=epoch + 1, step=step + 1, global_step=global_step,
                                           loss=loss_v, lr=lr_used)
                         if stop_after_steps is not None and steps_this_call >= stop_after_steps:
                             stopper.request("stop_after_steps")
                         if stopper.agreed(stop_group) and step + 1 < len(batches):
-                            save_last(epoch, step + 1, sums)
+                            save_last(epoch, step + 1, _add_device_sums(sums, on_device))
                             raise TrainingInterrupted(stopper.signal_name, last, epoch + 1, step + 1)
+                sums = _add_device_sums(sums, on_device)
                 loss_sum, correct, count = _all_reduce_sum(sums, device)
+                if not math.isfinite(loss_sum):  # all-reduced, so every rank stops here together
+                    raise non_finite_loss("finetune", epoch, global_step, last)
                 record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "global_step": global_step,
                                           "train_loss": loss_sum / max(count, 1),
                                           "train_top1": correct / max(count, 1), "lr": lr_used,
@@ -447,7 +527,7 @@ def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model
                 if select_on in ("val", "test"):
                     acc = _select_score(net, manifest, select_entries, clip_len=clip_len,
                                         input_size=model_cfg.input_size, device=device, workers=cfg.workers,
-                                        dist=dist)
+                                        dist=dist, aggregate=view_aggregation(proto.name))
                     record[f"{select_on}_top1"] = acc
                     if best["acc"] is None or acc > best["acc"]:
                         previous = best["epoch"]
@@ -464,7 +544,8 @@ def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model
                 metrics.write(**record)
                 log.info("finetune epoch %d/%d: loss %.4f, train top-1 %.4f%s", epoch + 1, proto.epochs,
                          record["train_loss"], record["train_top1"],
-                         f", {select_on} top-1 {record[f'{select_on}_top1']:.4f}" if f"{select_on}_top1" in record else "")
+                         (f", {select_on} top-1 {record[f'{select_on}_top1']:.4f}"
+                          if f"{select_on}_top1" in record else ""))
                 save_last(epoch + 1, 0, [0.0, 0.0, 0.0])
                 if dist.is_main and pending_delete:
                     _best_path(ckpt_dir, pending_delete).unlink(missing_ok=True)
@@ -482,7 +563,8 @@ def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model
             "selected_on": select_on, "selected_epoch": sel_epoch, "best_epoch": sel_epoch,
             "val_acc": sel_acc if select_on == "val" else None,
             "test_acc_used_for_selection": sel_acc if select_on == "test" else None,
-            "selection_metric": (f"video-level top-1, {VAL_CLIPS} centre-crop clips per video"
+            "selection_metric": (f"video-level top-1, {VAL_CLIPS} centre-crop clips per video, "
+                                 f"{view_aggregation(proto.name)} averaged"
                                  if select_on in ("val", "test") else "none (last epoch)"),
             "select_note": select_note, "requested_select_on": cfg.select_on,
             "num_train": len(train_entries), "num_val": len(val_pos), "num_classes": len(manifest.classes),

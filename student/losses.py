@@ -58,10 +58,13 @@ def rsp_loss(q: torch.Tensor, k_pos: torch.Tensor, k_neg: torch.Tensor, tau: flo
     return RspResult(loss, (s_pos > s_neg).float().mean().detach())
 
 
-def _info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float,
+              exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     qn = F.normalize(q.float(), dim=1)
     l_pos = (qn * F.normalize(k.float(), dim=1)).sum(dim=1, keepdim=True)
     l_neg = qn @ queue.float().t()
+    if exclude is not None:  # (N, K) True where a queue row is not a negative of that query
+        l_neg = l_neg.masked_fill(exclude, float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / tau
     target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     acc = (logits[:, 0] > logits[:, 1:].max(dim=1).values).float().mean()
@@ -69,7 +72,8 @@ def _info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float)
 
 
 def avid_loss(q: torch.Tensor, k_pos: torch.Tensor, k_neg: torch.Tensor, queue: torch.Tensor,
-              tau: float = 0.07) -> AvidResult:
+              tau: float = 0.07, query_ids: torch.Tensor | None = None,
+              queue_ids: torch.Tensor | None = None) -> AvidResult:
     """Appearance-focused video instance discrimination (RSPNet), paper Eq. 6 L_a, twice:
 
         ce(k) = −1/N Σ_n log( exp(q_n·k_n/τ) / (exp(q_n·k_n/τ) + Σ_{j=1}^K exp(q_n·Q_j/τ)) )
@@ -79,9 +83,19 @@ def avid_loss(q: torch.Tensor, k_pos: torch.Tensor, k_neg: torch.Tensor, queue: 
     speed (both are positives: same video); queue Q (K, D) unit-norm negatives from other
     videos. Pass a detached copy of the live queue (the caller enqueues in place afterwards).
     Accuracies: fraction of rows whose positive beats every queue entry.
+
+    With ``query_ids`` (N,) and ``queue_ids`` (K,) (video ids), queue rows of a query's own video
+    are left out of its negatives (their logits set to −inf), so a query is never pushed away
+    from its own video; rows with id −1 are always negatives.
     """
     if queue.dim() != 2 or queue.shape[1] != q.shape[1]:
         raise ValueError(f"avid_loss: queue must be (K, {q.shape[1]}), got {tuple(queue.shape)}")
-    ce1, acc1 = _info_nce(q, k_pos, queue, tau)
-    ce2, acc2 = _info_nce(q, k_neg, queue, tau)
+    exclude = None
+    if query_ids is not None and queue_ids is not None:
+        if queue_ids.shape != (queue.shape[0],) or query_ids.shape != (q.shape[0],):
+            raise ValueError(f"avid_loss: query_ids must be ({q.shape[0]},) and queue_ids ({queue.shape[0]},), got "
+                             f"{tuple(query_ids.shape)} and {tuple(queue_ids.shape)}")
+        exclude = (query_ids.view(-1, 1) == queue_ids.view(1, -1)) & (queue_ids.view(1, -1) >= 0)
+    ce1, acc1 = _info_nce(q, k_pos, queue, tau, exclude)
+    ce2, acc2 = _info_nce(q, k_neg, queue, tau, exclude)
     return AvidResult(ce1 + ce2, acc1, acc2)

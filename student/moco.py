@@ -67,12 +67,17 @@ class MomentumEncoder(nn.Module):
 
 
 class KeyQueue(nn.Module):
-    """A ring buffer of the last ``size`` keys, rows of ``queue`` (size, dim), unit-norm.
+    """A ring buffer of the last ``size`` keys, rows of ``queue`` (size, dim), unit-norm, with the
+    video id of each row in ``ids`` (-1: an initial random row, from no video).
 
-    Both ``queue`` and ``ptr`` are registered buffers, so checkpoints hold them and DDP keeps
+    ``queue``, ``ids`` and ``ptr`` are registered buffers, so checkpoints hold them and DDP keeps
     them in sync. Starts with random unit vectors (as MoCo does). ``enqueue`` wraps around when
-    a batch does not divide ``size``; in DDP the caller gathers the keys of every rank first
-    (``pipeline.distributed.all_gather_tensor``) so every rank enqueues the same rows.
+    a batch does not divide ``size``; in DDP the caller gathers the keys (and ids) of every rank
+    first (``pipeline.distributed.all_gather_tensor``) so every rank enqueues the same rows.
+
+    Why the ids: when the queue is not much smaller than the dataset (a small pretraining set, or
+    many epochs' worth of a small one), a query meets keys of its own video among its
+    "negatives" and the instance-discrimination loss pushes it away from itself.
     """
 
     def __init__(self, dim: int, size: int) -> None:
@@ -80,6 +85,7 @@ class KeyQueue(nn.Module):
         if size < 1 or dim < 1:
             raise ValueError(f"KeyQueue: dim and size must be >= 1, got dim={dim}, size={size}")
         self.register_buffer("queue", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ids", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     @property
@@ -87,23 +93,41 @@ class KeyQueue(nn.Module):
         return self.queue.shape[0]
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Overwrite the oldest rows with ``keys`` (n, dim); only the last ``size`` are kept if n > size."""
+    def enqueue(self, keys: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Overwrite the oldest rows with ``keys`` (n, dim) and their video ``ids`` (n,) (-1 when None);
+        only the last ``size`` are kept if n > size."""
         if keys.dim() != 2 or keys.shape[1] != self.queue.shape[1]:
             raise ValueError(f"KeyQueue.enqueue: keys must be (n, {self.queue.shape[1]}), got {tuple(keys.shape)}")
-        keys = keys.detach().to(self.queue.dtype)
+        if ids is None:
+            ids = torch.full((keys.shape[0],), -1, dtype=torch.long, device=keys.device)
+        if ids.shape != (keys.shape[0],):
+            raise ValueError(f"KeyQueue.enqueue: ids must be ({keys.shape[0]},), got {tuple(ids.shape)}")
+        keys, ids = keys.detach().to(self.queue.dtype), ids.to(self.ids.device, torch.long)
         n, size = keys.shape[0], self.size
         start = int(self.ptr)
         if n >= size:  # the last `size` keys, placed as if written one by one
-            keys, start = keys[n - size:], (start + n - size) % size
+            keys, ids, start = keys[n - size:], ids[n - size:], (start + n - size) % size
             n = size
         idx = (torch.arange(n, device=self.queue.device) + start) % size
         self.queue[idx] = keys
+        self.ids[idx] = ids
         self.ptr.fill_((start + n) % size)
 
-    def snapshot(self) -> torch.Tensor:
-        """A detached copy to compute losses with (``enqueue`` later writes in place)."""
-        return self.queue.detach().clone()
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detached copies of (queue, ids) to compute losses with (``enqueue`` later writes in place)."""
+        return self.queue.detach().clone(), self.ids.detach().clone()
+
+
+def trimmed_queue_size(queue_size: int, global_batch: int) -> int:
+    """The largest multiple of the global batch not above ``queue_size`` (RSPNet/MoCo require
+    ``K % batch == 0`` so that every enqueue writes one contiguous, never-wrapping block)."""
+    if global_batch < 1:
+        raise ValueError(f"global batch must be >= 1, got {global_batch}")
+    trimmed = (queue_size // global_batch) * global_batch
+    if trimmed < global_batch:
+        raise ValueError(f"pretrain.queue_size = {queue_size} is smaller than one global batch of {global_batch} "
+                         f"clips: raise it to at least {global_batch}")
+    return trimmed
 
 
 def _world() -> tuple[int, int]:

@@ -58,11 +58,13 @@ class MultiStepFactor:
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, final_ratio: float = 1e-3) -> LambdaLR:
-    """Per-iteration cosine decay to ``lr * final_ratio`` (RSPNet: lr/1000); call ``.step()`` after each optimizer step."""
+    """Per-iteration cosine decay to ``lr * final_ratio`` (RSPNet: lr/1000);
+    call ``.step()`` after each optimizer step."""
     return LambdaLR(optimizer, CosineFactor(total_steps, final_ratio))
 
 
-def multistep_schedule(optimizer: torch.optim.Optimizer, milestones_steps: Sequence[int], gamma: float = 0.1) -> LambdaLR:
+def multistep_schedule(optimizer: torch.optim.Optimizer, milestones_steps: Sequence[int],
+                       gamma: float = 0.1) -> LambdaLR:
     """Step decay at the given iteration numbers (e.g. epochs × steps per epoch)."""
     return LambdaLR(optimizer, MultiStepFactor(milestones_steps, gamma))
 

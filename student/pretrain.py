@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -36,9 +37,12 @@ from pipeline.config import ClipsConfig, ModelConfig, PretrainConfig
 from pipeline.distributed import DistInfo, all_gather_objects, barrier, resolve_device
 from pipeline.progress import MetricsLog, Progress
 from student.checkpointing import (CheckpointError, GracefulStop, TrainingInterrupted, capture_rng,
-                                   load_checkpoint, restore_rng, save_checkpoint)
+                                   load_checkpoint, non_finite_loss, restore_rng, save_checkpoint)
 from student.optim import build_sgd, cosine_schedule, current_lr, scaled_lr
-from student.pretrain_data import PretrainClipDataset, build_pretrain_loader, shutdown_workers, steps_per_epoch
+from student.pretrain_data import (PretrainClipDataset, build_pretrain_loader, clips_with_maps, shutdown_workers,
+                                  steps_per_epoch)
+from student.gpu_augment import batch_clips
+from student.moco import trimmed_queue_size
 from student.pretrain_model import PretrainModel
 
 log = logging.getLogger("pipeline.pretrain")
@@ -88,12 +92,43 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
-def build_pretrain_model(model: ModelConfig, cfg: PretrainConfig, num_parts: int) -> PretrainModel:
+def clip_memory_format(device: torch.device, dtype: torch.dtype | None) -> torch.memory_format:
+    """channels_last_3d (NDHWC) for half-precision 3D convolutions on CUDA, where cuDNN's fast kernels want it."""
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def to_memory_format(module: nn.Module, memory_format: torch.memory_format) -> None:
+    """Put the 5-D weights (Conv3d) in ``memory_format``; ``Module.to`` would fail on the KD head's Conv2d."""
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.dim() == 5:
+                t.data = t.data.contiguous(memory_format=memory_format)
+
+
+def build_pretrain_model(model: ModelConfig, cfg: PretrainConfig, num_parts: int,
+                         global_batch: int | None = None) -> PretrainModel:
+    """The pretraining model; the queue is trimmed to a multiple of ``global_batch`` (default: one
+    process's batch), as RSPNet requires."""
     return PretrainModel(backbone=model.backbone, width=model.width, split_after=model.split_after,
                          num_parts=max(num_parts, 1), parse_size=model.parse_size, kd=model.kd,
                          task_dependent=model.task_dependent, proj_dim=model.proj_dim,
-                         queue_size=cfg.queue_size, momentum=cfg.moco_momentum, tau=cfg.temperature,
-                         margin=cfg.margin, lambda_kd=cfg.lambda_kd, lambda_m=cfg.lambda_m, lambda_a=cfg.lambda_a)
+                         queue_size=trimmed_queue_size(cfg.queue_size, global_batch or cfg.batch_size),
+                         momentum=cfg.moco_momentum,
+                         tau=cfg.temperature, margin=cfg.margin, lambda_kd=cfg.lambda_kd, lambda_m=cfg.lambda_m,
+                         lambda_a=cfg.lambda_a, exclude_same_video=cfg.exclude_same_video)
+
+
+def warn_queue_size(queue_size: int, videos: int, exclude_same_video: bool) -> None:
+    """A queue not well below the number of videos holds keys of a query's own video among its
+    negatives (several copies once it exceeds it): say so, and what to do."""
+    if queue_size * 2 <= videos:
+        return
+    fix = ("same-video keys are left out of the negatives (pretrain.exclude_same_video), but fewer distinct "
+           "negatives remain" if exclude_same_video else "set pretrain.exclude_same_video = true or lower it")
+    log.warning("pretrain.queue_size = %d is not well below the %d pretraining videos: each query meets about %.1f "
+                "keys of its own video in the queue; %s", queue_size, videos, queue_size / max(videos, 1), fix)
 
 
 def init_from_checkpoint(pm: PretrainModel, path: str) -> None:
@@ -104,7 +139,11 @@ def init_from_checkpoint(pm: PretrainModel, path: str) -> None:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"pretrain.init_from: {p} does not exist")
-    load_encoders(pm.student, p)
+    try:
+        load_encoders(pm.student, p)
+    except Exception as exc:  # noqa: BLE001 - any unusable file: one error naming it and the key
+        raise CheckpointError(f"pretrain.init_from: {p} cannot be used ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     s = pm.student
     momentum_update((s.f_l, s.h_c, s.g_m, s.g_a), pm.key_encoder.parts(), 0.0)  # θ_k ← θ_q
 
@@ -130,8 +169,8 @@ def _config_dict(model: ModelConfig, cfg: PretrainConfig, clips: ClipsConfig) ->
 
 _RESUME_KEYS = ("model", "clips")
 _RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lambda_kd", "lambda_m",
-                             "lambda_a", "queue_size", "moco_momentum", "temperature", "margin", "crop_area",
-                             "seed", "max_steps_per_epoch")
+                             "lambda_a", "queue_size", "exclude_same_video", "moco_momentum", "temperature", "margin",
+                             "crop_area", "seed", "max_steps_per_epoch")
 
 
 def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], world: int, spe: int) -> None:
@@ -167,7 +206,7 @@ def pretrain(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, model: M
     """
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    device = torch.device(dist.device if dist.distributed else resolve_device(cfg.device, dist.local_rank))
+    device = torch.device(dist.device if cfg.device == "auto" else resolve_device(cfg.device, dist.local_rank))
 
     prev_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     prev_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -205,16 +244,18 @@ def _run(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, ckpt_path: P
 
         cache = TeacherCache(cache_dir)
         label_names = cache.labels
-        kept = [c for c in plan if cache.has(c.clip_id)]
+        kept = clips_with_maps(plan, cache, cfg.max_missing_maps)  # refuses when a shard is gone
         dropped = len(plan) - len(kept)
         if not kept:
             raise ValueError(f"teacher cache {cache_dir} has no map for any clip of the {manifest.dataset} clip plan "
                              f"({len(plan)} clips): was it built from this manifest and clip settings?")
         if dropped and dist.is_main:
-            log.warning("pretrain: %d of %d clips have no teacher map (failed decodes) and are skipped", dropped, len(plan))
+            log.warning("pretrain: %d of %d clips have no teacher map (their frames failed to decode in the "
+                        "teacher-cache stage; see its failed.jsonl) and are skipped", dropped, len(plan))
         plan = kept
     num_parts = len(label_names)
-    dataset = PretrainClipDataset(manifest, plan, cache, model, clips, crop_area=cfg.crop_area, seed=cfg.seed)
+    dataset = PretrainClipDataset(manifest, plan, cache, model, clips, crop_area=cfg.crop_area, seed=cfg.seed,
+                                  augment_device=cfg.augment_device)
     loader, sampler = build_pretrain_loader(dataset, cfg.batch_size, cfg.workers, rank=rank, world_size=world,
                                             seed=cfg.seed, pin_memory=device.type == "cuda")
     spe = steps_per_epoch(sampler, cfg.batch_size)
@@ -224,16 +265,20 @@ def _run(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, ckpt_path: P
 
     # ---- model, optimizer, schedule -------------------------------------------------------------
     seed_all(cfg.seed)  # identical initial weights and queue on every rank
-    pm = build_pretrain_model(model, cfg, num_parts)
+    global_batch = cfg.batch_size * world
+    pm = build_pretrain_model(model, cfg, num_parts, global_batch)
+    if dist.is_main:
+        warn_queue_size(pm.queue.size, len(dataset), cfg.exclude_same_video)
     if cfg.init_from:
         init_from_checkpoint(pm, cfg.init_from)
     pm.to(device)
-    global_batch = cfg.batch_size * world
     base_lr = scaled_lr(cfg.lr, global_batch)
     optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, total_steps)
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    memory_format = clip_memory_format(device, dtype)
+    to_memory_format(pm, memory_format)
     seed_all(cfg.seed + rank)  # per-rank training stream (shuffle-BN permutations, ...)
 
     config = _config_dict(model, cfg, clips)
@@ -247,7 +292,8 @@ def _run(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, ckpt_path: P
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step, global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
+        global_step = int(state["global_step"])
         restore_rng(state["rng"][rank])
         resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
         if dist.is_main:
@@ -286,7 +332,7 @@ def _run(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, ckpt_path: P
     if dist.is_main:
         metrics.write(event="start", epoch=start_epoch, step=global_step, total_steps=total_steps,
                       steps_per_epoch=spe, videos=len(dataset), clips_skipped=dropped, world_size=world,
-                      global_batch=global_batch, lr=base_lr, device=str(device),
+                      global_batch=global_batch, lr=base_lr, device=str(device), queue_size=pm.queue.size,
                       amp=str(dtype).replace("torch.", "") if dtype else "off", resumed=resumed_from is not None)
 
     net.train()
@@ -300,12 +346,10 @@ def _run(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, ckpt_path: P
                 epoch_steps = 0
                 for step in range(first, spe):
                     batch = next(batches)
-                    query = batch["query"].to(device, non_blocking=True)
-                    key_pos = batch["key_pos"].to(device, non_blocking=True)
-                    key_neg = batch["key_neg"].to(device, non_blocking=True)
+                    query, key_pos, key_neg = batch_clips(batch, device, cfg.augment_device, memory_format)
                     target = batch["target"].to(device, non_blocking=True) if model.kd else None
                     with autocast():
-                        out = net(query, key_pos, key_neg, target)
+                        out = net(query, key_pos, key_neg, target, batch["video_index"].to(device))
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(out["loss"]).backward()
                     scaler.step(optimizer)
@@ -322,6 +366,8 @@ def _run(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, ckpt_path: P
 
                     if global_step % cfg.log_interval == 0 or step + 1 == spe:
                         means = _reduce_mean(window / window_steps)
+                        if not all(math.isfinite(v) for v in means):  # agreed: means are all-reduced
+                            raise non_finite_loss("pretrain", epoch, global_step, ckpt_path)
                         now = time.perf_counter()
                         rate = window_steps * global_batch / max(now - t_window, 1e-9)
                         lr_now = current_lr(optimizer)

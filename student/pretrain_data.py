@@ -1,9 +1,12 @@
 """Pretraining samples (RSPNet pairs + KD target), an offset-capable distributed sampler, the loader.
 
-One item is one video: two different anchors A (query) and B (key), a random speed s for the
-query and positive key and another speed s' for the negative key:
-``query = window(A, s)``, ``key_pos = window(B, s)``, ``key_neg = window(B, s')``. The three
-clips' frames are decoded with ONE ``read_frames`` call. Query and key get independent
+One item is one video: an anchor A (the query clip is centred on it, because its teacher map is
+cached), a key window at a random start W (keys need no teacher map, so they are drawn as RSPNet
+draws them), a speed s for the query and positive key and another speed s' for the negative key:
+``query = centred(A, s)``, ``key_pos = window(W, s)``, ``key_neg = window(W, s')``. The three
+clips' frames are decoded with ONE ``read_frames`` call. The sampler assigns the query speed so
+that every batch holds exactly as many queries at each speed as the batch size allows (half and
+half for two speeds), as RSPNet's batches do. Query and key get independent
 augmentations; key_pos and key_neg share the key's (same window, same crop/flip/colour), so
 they differ only in playback speed. The teacher map of anchor A is cut with the query's crop box
 and flip, at the decoder's resolution.
@@ -24,13 +27,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data_manifests.clip_plan import Clip, clip_indices
+from data_manifests.clip_plan import Clip, clip_indices, window_indices
 from data_manifests.manifest import Manifest
 from data_manifests.video import read_frames
 from pipeline.config import ClipsConfig, ModelConfig
-from student.transforms import ClipAugment
+from pipeline.errors import UserError
+from pipeline.lifetime import die_with_parent
+from student.transforms import ClipAugment, colour_vector
 
 FrameReader = Callable[..., np.ndarray]
+
+
+class MissingMapsError(UserError, ValueError):
+    """Too many clips of the plan have no teacher map: a shard is missing or the cache is another's."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class PairChoice:
     """The random sampling decisions of one item (everything except augmentation)."""
 
     query_anchor: int
-    key_anchor: int
+    key_start: int
     speed: int
     neg_speed: int
 
@@ -84,7 +93,8 @@ class PretrainClipDataset(Dataset):
 
     def __init__(self, manifest: Manifest, plan: Sequence[Clip], cache: Any | None, model_cfg: ModelConfig,
                  clips_cfg: ClipsConfig, crop_area: Sequence[float] = (0.4, 1.0), seed: int = 0, *,
-                 reader: FrameReader = read_frames, augment: ClipAugment | None = None) -> None:
+                 reader: FrameReader = read_frames, augment: ClipAugment | None = None,
+                 augment_device: str = "cpu") -> None:
         speeds = sorted(set(int(s) for s in clips_cfg.speeds))
         if len(speeds) < 2:
             raise ValueError(f"pretraining needs at least two distinct clips.speeds for the relative-speed task, "
@@ -101,6 +111,9 @@ class PretrainClipDataset(Dataset):
         self.speeds = speeds
         self.parse_size = int(model_cfg.parse_size)
         self.augment = augment or ClipAugment(model_cfg.input_size, area=tuple(crop_area))
+        if augment_device not in ("cpu", "gpu"):
+            raise ValueError(f"pretrain.augment_device: {augment_device!r} is not one of 'cpu', 'gpu'")
+        self.augment_device = augment_device  # "gpu": uint8 clips + colour parameters (student/gpu_augment.py)
         self.seed = int(seed)
         self.reader = reader
         self.epoch = 0
@@ -112,28 +125,36 @@ class PretrainClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def choose(self, index: int, rng: np.random.Generator) -> PairChoice:
-        """Two different anchors (the same one only for a single-anchor video) and the two speeds."""
+    def choose(self, index: int, rng: np.random.Generator, speed_slot: int | None = None) -> PairChoice:
+        """The query's anchor, the key window's start (uniform over the starts whose window at the
+        fastest speed fits in the video), the query speed (``speeds[speed_slot]`` when the sampler
+        assigns it, else random) and another speed for the negative key."""
         anchors = self.videos[index].frames
-        if len(anchors) > 1:
-            qa, ka = rng.choice(len(anchors), size=2, replace=False)
-        else:
-            qa = ka = 0
-        speed = self.speeds[int(rng.integers(len(self.speeds)))]
+        qa = int(rng.integers(len(anchors)))
+        n = int(self.manifest.entries[self.videos[index].video_index].frames)
+        key_start = int(rng.integers(max(n - self.clip_len * self.speeds[-1], 0) + 1))
+        if speed_slot is None:
+            speed_slot = int(rng.integers(len(self.speeds)))
+        speed = self.speeds[speed_slot % len(self.speeds)]
         others = [s for s in self.speeds if s != speed]
         neg = others[int(rng.integers(len(others)))]
-        return PairChoice(anchors[int(qa)], anchors[int(ka)], int(speed), int(neg))
+        return PairChoice(anchors[qa], key_start, int(speed), int(neg))
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (self.epoch, int(item))
+    def __getitem__(self, item: int | tuple[int, ...]) -> dict[str, Any]:
+        """``(epoch, index)`` or ``(epoch, index, speed_slot)`` (from :class:`EpochSampler`), or a plain index."""
+        if isinstance(item, (tuple, list)):
+            epoch, index = int(item[0]), int(item[1])
+            slot = int(item[2]) if len(item) > 2 else None
+        else:
+            epoch, index, slot = self.epoch, int(item), None
         video = self.videos[index]
         entry = self.manifest.entries[video.video_index]
         rng = item_rng(self.seed, epoch, index)
-        choice = self.choose(index, rng)
+        choice = self.choose(index, rng, slot)
         n = int(entry.frames)
         idx_q = clip_indices(choice.query_anchor, n, self.clip_len, choice.speed)
-        idx_p = clip_indices(choice.key_anchor, n, self.clip_len, choice.speed)
-        idx_n = clip_indices(choice.key_anchor, n, self.clip_len, choice.neg_speed)
+        idx_p = window_indices(choice.key_start, n, self.clip_len, choice.speed)
+        idx_n = window_indices(choice.key_start, n, self.clip_len, choice.neg_speed)
         wanted = sorted(set(idx_q) | set(idx_p) | set(idx_n))
         frames = self.reader(self.manifest.abspath(entry), wanted)
         if frames.shape[0] != len(wanted):
@@ -144,10 +165,12 @@ class PretrainClipDataset(Dataset):
             return frames[[row[f] for f in indices]]
 
         h, w = frames.shape[1:3]
-        q = self.augment.apply(take(idx_q), self.augment.sample(h, w, rng))
+        q_params = self.augment.sample(h, w, rng)
         key_params = self.augment.sample(h, w, rng)
-        kp = self.augment.apply(take(idx_p), key_params)
-        kn = self.augment.apply(take(idx_n), key_params)
+        finish = self.augment.geometry if self.augment_device == "gpu" else self.augment.apply
+        q = finish(take(idx_q), q_params)
+        kp = finish(take(idx_p), key_params)
+        kn = finish(take(idx_n), key_params)
         if self.cache is not None:
             clip_id = video.clip_ids[video.frames.index(choice.query_anchor)]
             target = self.cache.target(clip_id, q.box, q.flip, (self.parse_size, self.parse_size))
@@ -156,8 +179,10 @@ class PretrainClipDataset(Dataset):
         return {
             "query": q.clip, "key_pos": kp.clip, "key_neg": kn.clip, "target": target,
             "speed": choice.speed, "neg_speed": choice.neg_speed, "video_index": video.video_index,
-            "anchors": torch.tensor([choice.query_anchor, choice.key_anchor]),
+            "query_anchor": choice.query_anchor, "key_start": choice.key_start,
             "query_box": torch.tensor(q.box, dtype=torch.float64), "query_flip": q.flip,
+            **({"query_colour": colour_vector(q_params), "key_colour": colour_vector(key_params)}
+               if self.augment_device == "gpu" else {}),
         }
 
 
@@ -168,9 +193,14 @@ class EpochSampler(Sampler):
     every rank), padded by wrapping to a multiple of ``world_size``, then every
     ``world_size``-th index from ``rank``. ``set_epoch(epoch, start)`` skips the first ``start``
     of this rank's samples: a resumed run sees exactly the batches it had not trained on.
+
+    With ``num_speeds`` and ``batch_size`` it yields ``(epoch, index, speed_slot)``: within each
+    batch of this rank the slots are balanced (each speed ``batch_size / num_speeds`` times, when
+    it divides) and randomly placed, from a generator of (seed, epoch, rank, batch).
     """
 
-    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True,
+                 batch_size: int = 0, num_speeds: int = 0) -> None:
         if size < 1:
             raise ValueError("EpochSampler needs at least one item")
         if not 0 <= rank < world_size:
@@ -183,6 +213,10 @@ class EpochSampler(Sampler):
         self.epoch = 0
         self.start = 0
         self.num_samples = math.ceil(size / world_size)
+        if num_speeds and batch_size < 1:
+            raise ValueError("EpochSampler: speed slots need the batch size")
+        self.batch_size = int(batch_size)
+        self.num_speeds = int(num_speeds)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         if not 0 <= start <= self.num_samples:
@@ -202,10 +236,25 @@ class EpochSampler(Sampler):
             order += order[:total - len(order)]
         return order[self.rank:total:self.world_size]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def speed_slots(self, epoch: int) -> list[int]:
+        """The query-speed slot of each of this rank's samples in ``epoch``, balanced within each batch."""
+        slots: list[int] = []
+        for b in range(math.ceil(self.num_samples / self.batch_size)):
+            balanced = np.arange(self.batch_size) % self.num_speeds
+            rng = np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), self.rank, b, 0x5EED])
+            slots += [int(v) for v in rng.permutation(balanced)]
+        return slots[:self.num_samples]
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         epoch = self.epoch
-        for i in self.rank_indices(epoch)[self.start:]:
-            yield (epoch, i)
+        indices = self.rank_indices(epoch)
+        if not self.num_speeds:
+            for i in indices[self.start:]:
+                yield (epoch, i)
+            return
+        slots = self.speed_slots(epoch)
+        for p in range(self.start, len(indices)):
+            yield (epoch, indices[p], slots[p])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
@@ -220,6 +269,7 @@ def worker_init(worker_id: int) -> None:
     OpenCV's thread count is left alone: ``cv2.setNumThreads`` in a forked worker can deadlock
     when the parent already started OpenCV's pool (see data_manifests/video.py).
     """
+    die_with_parent()  # SIGKILL of the main process must not leave workers behind
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -239,9 +289,11 @@ def shutdown_workers(loader: DataLoader) -> None:
 
 
 def build_pretrain_loader(dataset: PretrainClipDataset, batch_size: int, workers: int, *, rank: int = 0,
-                          world_size: int = 1, seed: int = 0, pin_memory: bool = False) -> tuple[DataLoader, EpochSampler]:
+                          world_size: int = 1, seed: int = 0,
+                          pin_memory: bool = False) -> tuple[DataLoader, EpochSampler]:
     """The loader and its sampler; call ``sampler.set_epoch(epoch, start)`` before each ``iter(loader)``."""
-    sampler = EpochSampler(len(dataset), rank=rank, world_size=world_size, seed=seed)
+    sampler = EpochSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, batch_size=batch_size,
+                           num_speeds=len(dataset.speeds))
     if sampler.num_samples < batch_size:
         raise ValueError(f"{len(dataset)} videos over {world_size} process(es) give {sampler.num_samples} per "
                          f"process, fewer than one batch of {batch_size}: lower pretrain.batch_size")
@@ -257,3 +309,38 @@ def build_pretrain_loader(dataset: PretrainClipDataset, batch_size: int, workers
 def steps_per_epoch(sampler: EpochSampler, batch_size: int) -> int:
     """Full batches in one epoch on this rank (drop_last)."""
     return sampler.num_samples // batch_size
+
+
+def clips_with_maps(plan: Sequence[Clip], cache: Any, max_missing: float) -> list[Clip]:
+    """The clips of ``plan`` that have a teacher map; refuses when more than ``max_missing`` of them do not.
+
+    A few clips without a map are frames that failed to decode (the cache's ``failed.jsonl``); many
+    mean a shard is gone or belongs to another cache, and training on the rest would silently drop
+    those videos, so the error names the first missing shard and the key that allows going on.
+    """
+    kept = [c for c in plan if cache.has(c.clip_id)]
+    missing = len(plan) - len(kept)
+    if missing and missing > max_missing * len(plan):
+        first = next(i for i, c in enumerate(plan) if not cache.has(c.clip_id))
+        raise MissingMapsError(f"teacher cache {cache.cache_dir}: {missing} of {len(plan)} clips "
+                               f"({100 * missing / len(plan):.1f}%, more than pretrain.max_missing_maps = "
+                               f"{max_missing:g}) have no map; {_missing_shard(cache, first)}. Rebuild it with "
+                               f"`pipeline teacher-cache` (or raise pretrain.max_missing_maps to train without them)")
+    return kept
+
+
+def _missing_shard(cache: Any, plan_index: int) -> str:
+    """Where the first clip without a map should have been: a missing shard file, or a failed decode."""
+    from teacher.cache_format import shard_name
+
+    paths = list(getattr(cache, "paths", []))
+    if not paths:
+        return "the cache has no shard files"
+    import h5py
+
+    with h5py.File(paths[0], "r") as f:
+        rows = max(1, len(f["clip_ids"]))
+    want = cache.cache_dir / shard_name(plan_index // rows)
+    if not want.exists():
+        return f"shard {want.name} is missing (clip {plan_index} of the plan)"
+    return f"e.g. clip {plan_index} of the plan, in {want.name}, failed to decode (see failed.jsonl)"

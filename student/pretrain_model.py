@@ -5,16 +5,16 @@
 Per step (``forward``):
   1. the query clip runs through the student (f_l, h_h → g_h, h_c → g_m, g_a); the KD branch runs
      on the query clip only;
-  2. the positive key (same speed as the query, other window of the same video) and the negative
-     key (that key window at the other speed) run through the momentum key encoder under no_grad,
-     with shuffle-BN;
-  3. the losses are computed against a detached copy of the queue;
-  4. only in training mode, still under no_grad and AFTER the losses: the key encoder moves
-     towards the query encoder (θ_k ← mθ_k + (1−m)θ_q) and the other-speed keys' A-VID
-     embeddings (gathered from every rank) are enqueued, as RSPNet fills its queue.
-Doing 4 after the losses means the losses of a step are a function of the state the step
-started from (the keys of step t come from the key encoder after t−1 updates, one update behind
-MoCo's update-first order, an immaterial lag at m = 0.999) and that a resumed checkpoint replays
+  2. only in training mode: the key encoder moves towards the query encoder
+     (θ_k ← mθ_k + (1−m)θ_q), before it encodes this step's keys, as MoCo and RSPNet do;
+  3. the positive key (same speed as the query, another window of the same video) and the
+     negative key (that key window at the other speed) run through the key encoder under
+     no_grad, with shuffle-BN;
+  4. the losses are computed (in float32, outside autocast) against a detached copy of the
+     queue, leaving out queue rows of the query's own video when video ids are given;
+  5. only in training mode: the other-speed keys' A-VID embeddings and their video ids
+     (gathered from every rank) are enqueued, as RSPNet fills its queue.
+The update in 2 reads only the query encoder's current weights, so a resumed checkpoint replays
 exactly. ``eval()`` computes the same losses and changes no state.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class PretrainModel(nn.Module):
                  parse_size: int = 28, kd: bool = True, task_dependent: bool = True, proj_dim: int = 128,
                  decoder_channels: int | None = None, queue_size: int = 16384, momentum: float = 0.999,
                  tau: float = 0.07, margin: float = 2.0, lambda_kd: float = 1.0, lambda_m: float = 1.0,
-                 lambda_a: float = 1.0) -> None:
+                 lambda_a: float = 1.0, exclude_same_video: bool = True) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"PretrainModel: momentum must be in [0, 1], got {momentum}")
@@ -45,6 +45,7 @@ class PretrainModel(nn.Module):
         self.key_encoder = MomentumEncoder(s.f_l, s.h_c, s.g_m, s.g_a)
         self.queue = KeyQueue(proj_dim, queue_size)
         self.momentum, self.tau, self.margin = momentum, tau, margin
+        self.exclude_same_video = exclude_same_video
         self.lambda_kd, self.lambda_m, self.lambda_a = lambda_kd, lambda_m, lambda_a
 
     @property
@@ -59,9 +60,12 @@ class PretrainModel(nn.Module):
         return batch_unshuffle_ddp(emb_m, idx_unshuffle), batch_unshuffle_ddp(emb_a, idx_unshuffle)
 
     def forward(self, query: torch.Tensor, key_pos: torch.Tensor, key_neg: torch.Tensor,
-                teacher_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                teacher_target: torch.Tensor | None = None,
+                video_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Clips (B, 3, T, H, W); ``teacher_target`` (B, num_parts, S, S) probabilities already cut and
-        resampled to the decoder's S (required when kd, ignored otherwise).
+        resampled to the decoder's S (required when kd, ignored otherwise); ``video_ids`` (B,) the
+        clips' video indices: queued with the keys and, with ``exclude_same_video``, used to leave a
+        query's own video out of its A-VID negatives.
 
         Returns ``loss`` (differentiable) and detached ``loss_kd`` (0 without KD), ``loss_rsp``,
         ``loss_avid``, ``acc_rsp``, ``acc_avid_pos``, ``acc_avid_neg``.
@@ -72,21 +76,30 @@ class PretrainModel(nn.Module):
         if self.kd and teacher_target is None:
             raise ValueError("PretrainModel: kd=True needs teacher_target (B, num_parts, S, S)")
         out = self.student(query)
+        if self.training:  # MoCo's order: the key encoder moves towards the query encoder, then encodes
+            s = self.student
+            self.key_encoder.update(s.f_l, s.h_c, s.g_m, s.g_a, self.momentum)
         kp_m, kp_a = self._keys(key_pos)
         kn_m, kn_a = self._keys(key_neg)
+        queue, queue_ids = self.queue.snapshot()
+        exclude = self.exclude_same_video and video_ids is not None
 
-        if self.kd:
-            loss_kd = kd_loss(out["parse_logits"], teacher_target)  # type: ignore[arg-type]
-        else:
-            loss_kd = query.new_zeros((), dtype=torch.float32)
-        rsp = rsp_loss(out["emb_m"], kp_m, kn_m, self.tau, self.margin)  # type: ignore[arg-type]
-        avid = avid_loss(out["emb_a"], kp_a, kn_a, self.queue.snapshot(), self.tau)  # type: ignore[arg-type]
+        # Losses outside autocast: under bf16 the InfoNCE matmul against the 16k-key queue would run in bf16.
+        with torch.autocast(query.device.type, enabled=False):
+            if self.kd:
+                loss_kd = kd_loss(out["parse_logits"], teacher_target)  # type: ignore[arg-type]
+            else:
+                loss_kd = query.new_zeros((), dtype=torch.float32)
+            rsp = rsp_loss(out["emb_m"], kp_m, kn_m, self.tau, self.margin)  # type: ignore[arg-type]
+            avid = avid_loss(out["emb_a"], kp_a, kn_a, queue, self.tau,  # type: ignore[arg-type]
+                             query_ids=video_ids if exclude else None, queue_ids=queue_ids if exclude else None)
         loss = self.lambda_kd * loss_kd + self.lambda_m * rsp.loss + self.lambda_a * avid.loss
 
-        if self.training:
+        if self.training:  # the other-speed keys of every rank join the queue (as RSPNet fills it)
             with torch.no_grad():
-                s = self.student
-                self.key_encoder.update(s.f_l, s.h_c, s.g_m, s.g_a, self.momentum)
-                self.queue.enqueue(all_gather_tensor(kn_a.contiguous()))
+                ids = video_ids if video_ids is not None else torch.full((kn_a.shape[0],), -1, device=kn_a.device)
+                # one collective for keys and ids: video ids below 2**24 are exact in float32
+                rows = all_gather_tensor(torch.cat([kn_a.float(), ids.view(-1, 1).float()], dim=1).contiguous())
+                self.queue.enqueue(rows[:, :-1], rows[:, -1].round().long())
         return dict(loss=loss, loss_kd=loss_kd.detach(), loss_rsp=rsp.loss.detach(), loss_avid=avid.loss.detach(),
                     acc_rsp=rsp.acc, acc_avid_pos=avid.acc_pos, acc_avid_neg=avid.acc_neg)

@@ -1,34 +1,48 @@
-"""RSPNet's finetuning protocols as presets, resolved against a FinetuneConfig.
+"""Finetuning protocols as presets, resolved against a FinetuneConfig.
 
-Presets (reference/FACTS.md, "Finetuning"; all layers trained, SGD momentum 0.9, weight decay
-1e-4, no lr scaling with the number of GPUs):
+Two families of presets, both with RSPNet's optimisation settings (reference/FACTS.md,
+"Finetuning"; all layers trained, SGD momentum 0.9, weight decay 1e-4, no lr scaling with the
+number of GPUs):
 
-============  =======  =====  =====  ===================  ======
-backbone      dataset  batch  lr     schedule             epochs
-============  =======  =====  =====  ===================  ======
-c3d           ucf101   20     0.005  cosine               30
-c3d           hmdb51   6      0.005  step at 50/70/90     100
-r2plus1d      ucf101   8      0.1    cosine               30
-r2plus1d      hmdb51   16     0.1    cosine               30
-============  =======  =====  =====  ===================  ======
+- ``rspnet``: RSPNet's released configs, as they are:
 
-``protocol = "auto"`` takes the preset of (backbone, dataset); a non-zero / non-empty config
-value (epochs, batch_size, lr, schedule, milestones) overrides that field and is listed in
-``overrides``. ``protocol = "custom"`` takes every value from the config and fails, naming the
-keys, when one is missing. A preset can also be named directly: ``protocol = "c3d/hmdb51"``.
+  ============  =======  =====  =====  ===================  ======
+  backbone      dataset  batch  lr     schedule             epochs
+  ============  =======  =====  =====  ===================  ======
+  c3d           ucf101   20     0.005  cosine               30
+  c3d           hmdb51   6      0.005  step at 50/70/90     100
+  r2plus1d      ucf101   8      0.1    cosine               30
+  r2plus1d      hmdb51   16     0.1    cosine               30
+  ============  =======  =====  =====  ===================  ======
+
+- ``paper``: what the paper reports against ("RSPNet* denotes that a 100-epoch finetuning is
+  used", for all four RSPNet* rows): the same presets with 100 epochs everywhere (the cosine
+  schedules stretched over 100 epochs; c3d/hmdb51 is unchanged).
+
+``protocol = "auto"`` or ``"paper"`` takes the paper preset of (backbone, dataset), ``"rspnet"``
+RSPNet's; a non-zero / non-empty config value (epochs, batch_size, lr, schedule, milestones)
+overrides that field and is listed in ``overrides``. ``protocol = "custom"`` takes every value
+from the config and fails, naming the keys, when one is missing. A preset can also be named
+directly: ``"paper:c3d/hmdb51"``, ``"rspnet:c3d/hmdb51"`` or ``"c3d/hmdb51"`` (RSPNet's).
 ``batch_size`` is per process (RSPNet trains on one GPU; under torchrun the global batch is
 batch_size × world size).
+
+Test-time aggregation follows the family (:func:`view_aggregation`): the paper and RSPNet
+presets average the views' logits per video, as RSPNet's test script does; ``custom`` keeps
+averaging softmax probabilities.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from pipeline.errors import UserError
 
 STEP_GAMMA = 0.1  # lr multiplier at each milestone of a "step" schedule
 
 
-class ProtocolError(ValueError):
-    """A finetuning protocol cannot be resolved (unknown preset, missing value)."""
+class ProtocolError(UserError, ValueError):
+    """A finetuning protocol cannot be resolved (unknown preset, missing value): the config is at fault."""
 
 
 @dataclass(frozen=True)
@@ -58,18 +72,49 @@ PRESETS: dict[tuple[str, str], FinetuneProtocol] = {
     ("r2plus1d", "ucf101"): FinetuneProtocol("rspnet:r2plus1d/ucf101", 30, 8, 0.1, "cosine"),
     ("r2plus1d", "hmdb51"): FinetuneProtocol("rspnet:r2plus1d/hmdb51", 30, 16, 0.1, "cosine"),
 }
+PAPER_EPOCHS = 100  # "RSPNet* denotes that a 100-epoch finetuning is used" (all four RSPNet* rows)
+PAPER_PRESETS: dict[tuple[str, str], FinetuneProtocol] = {
+    key: replace(p, name="paper:" + p.name.removeprefix("rspnet:"), epochs=PAPER_EPOCHS)
+    for key, p in PRESETS.items()
+}
+FAMILIES = {"paper": PAPER_PRESETS, "rspnet": PRESETS}
 
 
-def preset(backbone: str, dataset: str) -> FinetuneProtocol:
-    """RSPNet's preset for (backbone, dataset); a clear error when RSPNet has none."""
+def view_aggregation(protocol_name: str | None) -> str:
+    """How a video's test views are combined: ``"logits"`` (mean logits, RSPNet's test script) for
+    the paper and RSPNet presets, ``"softmax"`` (mean probabilities) for custom or unknown protocols."""
+    family = (protocol_name or "").partition(":")[0]
+    return "logits" if family in FAMILIES else "softmax"
+
+
+def preset(backbone: str, dataset: str, family: str = "rspnet") -> FinetuneProtocol:
+    """The ``family`` ("paper" or "rspnet") preset for (backbone, dataset); a clear error when there is none."""
     key = (backbone.lower(), dataset.lower())
-    if key not in PRESETS:
-        known = ", ".join(f"{b}/{d}" for b, d in PRESETS)
+    table = FAMILIES[family]
+    if key not in table:
+        known = ", ".join(f"{b}/{d}" for b, d in table)
         raise ProtocolError(
-            f"finetune.protocol: RSPNet has no finetuning preset for backbone {backbone!r} on dataset "
-            f"{dataset!r} (presets: {known}); set finetune.protocol = \"custom\" and give finetune.epochs, "
-            f"batch_size, lr and schedule (and milestones for a step schedule)")
-    return PRESETS[key]
+            f"finetune.protocol: the {family} protocol has no finetuning preset for backbone {backbone!r} on "
+            f"dataset {dataset!r} (presets: {known}); set finetune.protocol = \"custom\" and give "
+            f"finetune.epochs, batch_size, lr and schedule (and milestones for a step schedule)")
+    return table[key]
+
+
+def _named_preset(name: str, backbone: str, dataset: str) -> FinetuneProtocol:
+    """The preset a protocol name asks for: auto / paper / rspnet, or [family:]backbone/dataset."""
+    if name == "auto":
+        return preset(backbone, dataset, "paper")
+    if name in FAMILIES:
+        return preset(backbone, dataset, name)
+    family, sep, rest = name.partition(":")
+    if not sep:
+        family, rest = "rspnet", name
+    if family in FAMILIES and "/" in rest:
+        b, _, d = rest.partition("/")
+        return preset(b, d, family)
+    presets = ", ".join(f"{b}/{d}" for b, d in PRESETS)
+    raise ProtocolError(f"finetune.protocol: {name!r} is not 'auto', 'paper', 'rspnet', 'custom' or a preset "
+                        f"'[paper:|rspnet:]<backbone>/<dataset>' (presets: {presets})")
 
 
 def _check(p: FinetuneProtocol) -> FinetuneProtocol:
@@ -104,14 +149,7 @@ def resolve_protocol(cfg: Any, backbone: str, dataset: str | None = None) -> Fin
                 + ", ".join(f"finetune.{k}" for k in missing)
                 + (" is" if len(missing) == 1 else " are") + " not set (0 / empty means unset)")
         return _check(FinetuneProtocol("custom", **given, **common))
-    if name == "auto":
-        base = preset(backbone, dataset)
-    elif "/" in name:
-        b, _, d = name.removeprefix("rspnet:").partition("/")
-        base = preset(b, d)
-    else:
-        raise ProtocolError(f"finetune.protocol: {name!r} is not 'auto', 'custom' or a preset "
-                            f"'<backbone>/<dataset>' (presets: {', '.join(f'{b}/{d}' for b, d in PRESETS)})")
+    base = _named_preset(name, backbone, dataset)
     fields_ = {"epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr,
                "schedule": base.schedule, "milestones": base.milestones}
     if given.get("schedule") == "cosine" and "milestones" not in given:

@@ -21,7 +21,10 @@ from torch.utils.data import DataLoader
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
 from pipeline.distributed import DistInfo, all_gather_objects, resolve_device
+from pipeline.errors import UserError
+from pipeline.lifetime import DieWithParent
 from pipeline.progress import Progress
+from student.evaluate import inference_autocast
 from student.finetune import read_pretrained_file, resolve_clip_len, _student_kwargs
 from student.finetune_data import ViewChunks
 from student.metrics import recall_at_k
@@ -33,27 +36,30 @@ RSPNET_C3D_REFERENCE = {"source": "RSPNet C3D, UCF101 split 1 (reference/FACTS.m
                         "recall": {"R@1": 0.360, "R@5": 0.567, "R@10": 0.665, "R@20": 0.763, "R@50": 0.877}}
 
 
-class RetrievalError(RuntimeError):
+class RetrievalError(UserError, RuntimeError):
     """Retrieval cannot run or its gathered features are inconsistent."""
 
 
 @torch.no_grad()
-def video_features(encoder: torch.nn.Module, manifest: Manifest, entries: Sequence[VideoEntry], positions: Sequence[int],
-                   *, clip_len: int, input_size: int, clips: int, device: str, workers: int = 0,
-                   progress: bool = True, desc: str = "features") -> dict[int, np.ndarray]:
+def video_features(encoder: torch.nn.Module, manifest: Manifest, entries: Sequence[VideoEntry],
+                   positions: Sequence[int], *, clip_len: int, input_size: int, clips: int, device: str,
+                   workers: int = 0, progress: bool = True, desc: str = "features") -> dict[int, np.ndarray]:
     """{position: mean representation over ``clips`` centre-crop clips} (float64) for ``positions``."""
     sub = [entries[p] for p in positions]
     ds = ViewChunks(manifest, sub, clip_len, input_size, clips, 1, clips)
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                        worker_init_fn=DieWithParent() if workers else None,  # no orphans after a SIGKILL
                         generator=torch.Generator().manual_seed(0))
     encoder.eval()
     out: dict[int, np.ndarray] = {}
     with Progress(len(sub), desc, "video", enabled=progress) as bar:
         for pos, first, views in loader:
             if int(first) != 0 or len(views) != clips:
-                raise RetrievalError(f"video {sub[int(pos)].id}: got views {int(first)}..{int(first) + len(views) - 1}, "
+                last = int(first) + len(views) - 1
+                raise RetrievalError(f"video {sub[int(pos)].id}: got views {int(first)}..{last}, "
                                      f"expected all {clips} at once")
-            feats = encoder.representation(views.to(device, non_blocking=True)).double().mean(0)
+            with inference_autocast(device):
+                feats = encoder.representation(views.to(device, non_blocking=True)).double().mean(0)
             out[positions[int(pos)]] = feats.cpu().numpy()
             bar.update(1)
     return out

@@ -67,7 +67,8 @@ class AugmentedClip:
 
 def sample_crop(height: int, width: int, area: Sequence[float], ratio: Sequence[float],
                 rng: np.random.Generator, attempts: int = 10) -> CropBox:
-    """torchvision's RandomResizedCrop sampling: area fraction and log-uniform aspect, 10 tries, then a centre fallback."""
+    """torchvision's RandomResizedCrop sampling: area fraction and log-uniform aspect, 10 tries,
+    then a centre fallback."""
     frame_area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(attempts):
@@ -150,6 +151,24 @@ class ClipAugment:
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> AugmentedClip:
         return self.apply(frames, self.sample(frames.shape[1], frames.shape[2], rng))
 
+    def geometry(self, frames: np.ndarray, params: ClipAugParams) -> AugmentedClip:
+        """Only the crop, resize and flip of :meth:`apply`, on uint8: a (3, T, size, size) uint8 clip.
+
+        For ``pretrain.augment_device = "gpu"``: the worker keeps what the teacher target needs
+        (the box and flip) and ships a quarter of the bytes; :func:`student.gpu_augment.colour_batch`
+        finishes the clip on the device with :func:`colour_vector` of the same ``params``.
+        """
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        _, fh, fw, _ = frames.shape
+        cb = params.crop
+        crop = frames[:, cb.top:cb.top + cb.height, cb.left:cb.left + cb.width]
+        x = np.stack([self._resize(f) for f in crop])  # (T, s, s, 3) uint8
+        if params.flip:
+            x = x[:, :, ::-1]
+        clip = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2)))  # (3, T, s, s)
+        return AugmentedClip(clip=clip, box=cb.normalised(fh, fw), flip=params.flip)
+
     def _resize(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
         if (h, w) == (self.size, self.size):
@@ -172,6 +191,20 @@ class ClipAugment:
         if p.grayscale:
             x = grayscale(x).expand_as(x).contiguous()
         return x
+
+
+COLOUR_FIELDS = ("jitter", "order0", "order1", "order2", "order3", "brightness", "contrast", "saturation",
+                 "hue", "grayscale")
+
+
+def colour_vector(p: ClipAugParams) -> torch.Tensor:
+    """The colour part of ``p`` as a float64 vector (``COLOUR_FIELDS``), batched by the DataLoader.
+
+    ``jitter`` is 1 when the four jitter ops run (in the order ``order0..3``), 0 when they are skipped.
+    """
+    order = p.jitter_order if p.jitter_order else (0, 1, 2, 3)
+    return torch.tensor([1.0 if p.jitter_order else 0.0, *[float(o) for o in order], p.brightness, p.contrast,
+                         p.saturation, p.hue, 1.0 if p.grayscale else 0.0], dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,7 +237,7 @@ def adjust_saturation(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 def adjust_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
     """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]) through HSV."""
-    if shift == 0:
+    if isinstance(shift, (int, float)) and shift == 0:  # a tensor of per-clip shifts is always applied
         return x
     h, s, v = _rgb_to_hsv(x)
     return _hsv_to_rgb(torch.remainder(h + shift, 1.0), s, v)

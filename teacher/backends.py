@@ -14,6 +14,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from pipeline.runtime import cpu_has_native_bf16  # noqa: F401  (re-exported: bench/teacher_cache.py)
+from pipeline.runtime import resolve_amp as runtime_amp
 from teacher.labels import LABEL_SETS, input_size as label_input_size
 
 log = logging.getLogger("teacher")
@@ -56,19 +58,9 @@ def load_masks(path: Path, frames: Sequence[int]) -> np.ndarray:
 
 
 def resolve_amp(amp: str, device: str | torch.device) -> torch.dtype | None:
-    """The autocast dtype: 'auto' → bf16 where the GPU supports it, else fp16; never on the CPU unless asked."""
-    dev = torch.device(device)
-    if amp == "off":
-        return None
-    if amp == "auto":
-        if dev.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "fp16":
-        return torch.float16 if dev.type == "cuda" else None  # fp16 autocast on CPU is slow and lossy
-    if amp == "bf16":
-        return torch.bfloat16
-    raise ValueError(f"teacher.amp: {amp!r} is not one of 'auto', 'off', 'fp16', 'bf16'")
+    """``teacher.amp`` → autocast dtype: :func:`pipeline.runtime.resolve_amp` for inference
+    ('auto': fp16 on a GPU; bf16 on a CPU with native bf16, else float32)."""
+    return runtime_amp(amp, device, key="teacher.amp", inference=True)
 
 
 class SchpBackend:

@@ -18,12 +18,15 @@ a file named ``shard-*.h5`` is complete by construction, and a ``.tmp`` is never
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
+
+from pipeline.errors import DiskFullError, UserError, disk_full_error, is_disk_full
 
 FORMAT_VERSION = 1
 SUM_TOLERANCE = 1e-2  # per-pixel |sum_c p - 1| allowed for a valid row (float16 storage)
@@ -31,7 +34,7 @@ SHARD_GLOB = "shard-*.h5"
 _STR = h5py.string_dtype("utf-8")
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(UserError, ValueError):
     """A shard that is not a valid teacher-cache shard; the message names the file and the problem."""
 
 
@@ -94,6 +97,47 @@ def read_ids(f: h5py.File) -> list[str]:
     return [s for s in f["clip_ids"].asstr()[...]]
 
 
+@contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """A full disk or a file-size limit (EFBIG once SIGXFSZ is ignored) becomes one line naming the shard."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path, exc, "writing a teacher-cache shard") from None
+        raise
+
+
+def _check_room(path: Path, nbytes: int) -> None:
+    """Refuse before writing when a shard cannot fit under the file-size limit or in the free space.
+
+    HDF5 does not survive a write that fails half-way (HDF5 2.0 segfaults on EFBIG inside its write
+    path), so the predictable cases, ``ulimit -f`` and a nearly full disk, are caught up front.
+    """
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and nbytes > soft:
+        raise DiskFullError(f"{path}: no space left for this shard: it needs up to {nbytes} bytes but the "
+                            f"file-size limit (`ulimit -f`) is {soft} bytes; raise the limit (or lower "
+                            f"teacher.shard_size), then rerun the same command to resume")
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise DiskFullError(f"{path}: no space left on device: this shard needs up to {nbytes} bytes and "
+                            f"{free} are free; free space, then rerun the same command to resume")
+
+
+def shard_bytes_bound(n: int, num_classes: int, map_size: int) -> int:
+    """An upper bound on a shard's file size: maps uncompressed (+3% for incompressible lzf blocks,
+    + a checksum per chunk), ids and per-row records, and HDF5's own metadata."""
+    maps = n * (num_classes * map_size * map_size * 2 * 103 // 100 + 64)
+    return maps + n * 256 + (1 << 16)
+
+
 class ShardWriter:
     """Create a shard with all its rows' ids up front, then stream maps into it batch by batch.
 
@@ -105,10 +149,18 @@ class ShardWriter:
                  *, shard_index: int = 0, first_clip: int = 0) -> None:
         self.path = Path(path)
         self.meta = meta
-        n, c, s = len(clip_ids), meta.num_classes, meta.map_size
+        n = self.n = len(clip_ids)
         if len(frames) != n:
             raise ValueError(f"{self.path}: {n} clip ids but {len(frames)} frames")
-        self._f = h5py.File(self.path, "w")
+        self._f: h5py.File | None = None
+        _check_room(self.path, shard_bytes_bound(n, meta.num_classes, meta.map_size))
+        with _disk_errors(self.path):
+            self._f = h5py.File(self.path, "w")
+            self._create(clip_ids, frames, shard_index, first_clip)
+
+    def _create(self, clip_ids: Sequence[str], frames: Sequence[int], shard_index: int, first_clip: int) -> None:
+        meta, n = self.meta, len(clip_ids)
+        c, s = meta.num_classes, meta.map_size
         f = self._f
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["fingerprint"] = meta.fingerprint
@@ -125,7 +177,6 @@ class ShardWriter:
         f.create_dataset("frames", data=np.asarray(frames, dtype=np.int64).reshape(n))
         f.create_dataset("valid", data=np.zeros(n, dtype=bool))
         f.create_dataset("errors", data=np.array(["not written"] * n, dtype=object), dtype=_STR)
-        self.n = n
 
     def write(self, start: int, maps: np.ndarray, valid: Sequence[bool] | np.ndarray | None = None,
               errors: Sequence[str] | None = None) -> None:
@@ -141,15 +192,17 @@ class ShardWriter:
         errors = [""] * k if errors is None else list(errors)
         out = maps.astype(np.float16, copy=True)
         out[~valid] = 0
-        self._f["maps"][start:start + k] = out
-        self._f["valid"][start:start + k] = valid
-        self._f["errors"][start:start + k] = np.array(
-            ["" if v else (e or "unknown error") for v, e in zip(valid, errors)], dtype=object)
+        with _disk_errors(self.path):
+            self._f["maps"][start:start + k] = out
+            self._f["valid"][start:start + k] = valid
+            self._f["errors"][start:start + k] = np.array(
+                ["" if v else (e or "unknown error") for v, e in zip(valid, errors)], dtype=object)
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        f, self._f = self._f, None
+        if f is not None:
+            with _disk_errors(self.path):
+                f.close()
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline import distributed
 from pipeline.config import ClipsConfig, TeacherConfig
 from pipeline.distributed import DistInfo, resolve_device
+from pipeline.errors import UserError
 from pipeline.fingerprint import atomic_write_text
+from pipeline.lifetime import DieWithParent
 from pipeline.progress import MetricsLog, Progress
 from teacher.backends import TeacherBackend, backend_labels, input_loader, make_backend
 from teacher.cache_format import (CacheFormatError, ShardMeta, ShardWriter, finalize_shard, num_shards as count_shards,
@@ -40,15 +42,19 @@ FAILED_FILE = "failed.jsonl"
 METRICS_FILE = "metrics.jsonl"
 
 
+class TeacherCacheError(UserError, ValueError):
+    """The teacher cache cannot be built from these inputs (an empty clip plan, bad shard options)."""
+
+
 def assigned_shards(total_shards: int, dist: DistInfo, shard_index: int | None = None,
                     num_shards: int | None = None) -> list[int]:
     """The shards this process builds: the job's share (``i, i+n, …``), then round-robin over ranks."""
     if (shard_index is None) != (num_shards is None):
-        raise ValueError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
+        raise TeacherCacheError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
     shards = list(range(total_shards))
     if num_shards is not None:
         if num_shards < 1 or not 0 <= shard_index < num_shards:
-            raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+            raise TeacherCacheError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
         shards = shards[shard_index::num_shards]
     return shards[dist.rank::dist.world_size]
 
@@ -179,6 +185,134 @@ def _groups(plan: Sequence, shards: list[int], shard_size: int) -> list[_Group]:
     return out
 
 
+@dataclass
+class _CachePlan:
+    """What every step of a build needs: the manifest, the clip plan, and the shards' layout and metadata."""
+
+    manifest: Any
+    plan: list
+    ids: list[str]
+    frames: list[int]
+    size: int
+    total: int
+    meta: ShardMeta
+    label_set: str
+
+    def shard_ids(self, s: int) -> list[str]:
+        a, b = shard_range(s, self.size, len(self.plan))
+        return self.ids[a:b]
+
+
+def _load_plan(manifest_dir: Path, teacher: TeacherConfig, clips: ClipsConfig, fingerprint: str,
+               checkpoint_sha256: str) -> _CachePlan:
+    from data_manifests.clip_plan import build_clip_plan
+    from data_manifests.manifest import load_manifest
+
+    manifest = load_manifest(manifest_dir)
+    plan = build_clip_plan(manifest, clips.anchors_per_video, clips.span, clips.splits)
+    if not plan:
+        raise TeacherCacheError(f"teacher-cache: the clip plan is empty: manifest {manifest_dir} has no usable "
+                                f"videos in splits {list(clips.splits)}")
+    label_set, labels = backend_labels(teacher.backend, teacher.labels)
+    meta = ShardMeta(fingerprint=fingerprint, teacher=teacher.backend, label_set=label_set, labels=tuple(labels),
+                     map_size=teacher.map_size, checkpoint_sha256=checkpoint_sha256)
+    return _CachePlan(manifest=manifest, plan=plan, ids=[c.clip_id for c in plan], frames=[int(c.frame) for c in plan],
+                      size=teacher.shard_size, total=count_shards(len(plan), teacher.shard_size), meta=meta,
+                      label_set=label_set)
+
+
+def _shards_to_build(out_dir: Path, cp: _CachePlan, mine: list[int]) -> list[int]:
+    """This process's shards that are missing or not current (stale temporary files are removed)."""
+    todo: list[int] = []
+    for s in mine:
+        tmp, final = out_dir / temp_name(s), out_dir / shard_name(s)
+        if tmp.exists():
+            log.info("teacher-cache: removing stale temporary shard %s", tmp.name)
+            tmp.unlink()
+        if final.exists():
+            if shard_is_current(final, cp.meta.fingerprint, cp.shard_ids(s)):
+                continue
+            log.warning("teacher-cache: %s does not match this cache's fingerprint/clip plan; rebuilding it",
+                        final.name)
+            final.unlink()
+        todo.append(s)
+    return todo
+
+
+@dataclass
+class _BuildResult:
+    computed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    built: set[int] = field(default_factory=set)
+
+
+def _build_shards(out_dir: Path, cp: _CachePlan, todo: list[int], teacher: TeacherConfig, clips: ClipsConfig,
+                  dist: DistInfo, metrics: MetricsLog, checkpoint_sha256: str) -> _BuildResult:
+    """Decode (workers) and run the teacher (this process) over the rows of ``todo``, shard by shard."""
+    res = _BuildResult()
+
+    def on_done(shard: int, n: int, failed: int, seconds: float) -> None:
+        res.built.add(shard)
+        res.failed += failed
+        metrics.write(event="shard", shard=shard, clips=n, failed=failed, seconds=round(seconds, 3),
+                      clips_per_s=round(n / max(seconds, 1e-9), 3), rank=dist.rank)
+
+    groups = _groups(cp.plan, todo, cp.size)
+    paths = [str(cp.manifest.abspath(e)) for e in cp.manifest.entries]
+    workers = teacher.workers
+    prefetch = max(2, -(-teacher.batch_size // max(1, workers * clips.anchors_per_video)))  # ≥ one batch ahead
+    loader = DataLoader(_AnchorInputs(groups, paths, input_loader(teacher.backend)), batch_size=None,
+                        shuffle=False, num_workers=workers, collate_fn=_identity,
+                        prefetch_factor=prefetch if workers else None,
+                        worker_init_fn=DieWithParent() if workers else None)
+    builder = _ShardBuilder(out_dir, cp.meta, cp.ids, cp.frames, cp.size, teacher.batch_size, on_done)
+    n_todo = sum(b - a for a, b in (shard_range(s, cp.size, len(cp.plan)) for s in todo))
+    it = iter(loader)  # workers start decoding while the model loads
+    try:
+        builder.backend = make_backend(teacher.backend, checkpoint=teacher.checkpoint, labels=teacher.labels,
+                                       map_size=teacher.map_size, input_size=teacher.input_size,
+                                       device=resolve_device(teacher.device, dist.local_rank), amp=teacher.amp,
+                                       flip=teacher.flip_test, softness=teacher.softness,
+                                       sha256=checkpoint_sha256 or None)
+        t0 = time.perf_counter()  # throughput excludes loading the model
+        with Progress(n_todo, "teacher-cache", "clip", enabled=dist.is_main) as bar:
+            for g, inputs, errors in it:
+                for k, (x, e) in enumerate(zip(inputs, errors)):
+                    done = builder.add(g.shard, g.row0 + k, x, e)
+                    if done:
+                        res.computed += done
+                        bar.update(done, postfix=f"shard {len(res.built)}/{len(todo)} failed {res.failed}")
+    finally:
+        builder.close()
+        del it
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _final_pass(out_dir: Path, cp: _CachePlan, dist: DistInfo, built: set[int]) -> list[dict]:
+    """Every shard fully verified (except those this rank verified moments ago), split across ranks;
+    returns the failure records of all shards. A bad shard is removed and the call fails."""
+    problems, failures = [], []
+    for s in range(cp.total)[dist.rank::dist.world_size]:
+        path = out_dir / shard_name(s)
+        try:
+            verify_shard(path, expected_ids=cp.shard_ids(s), fingerprint=cp.meta.fingerprint, full=s not in built)
+            for rec in shard_failures(path):
+                entry = cp.manifest.entries[cp.plan[s * cp.size + rec["row"]].video_index]
+                failures.append({"clip_id": rec["clip_id"], "video_id": entry.id, "path": entry.path,
+                                 "frame": rec["frame"], "shard": s, "error": rec["error"]})
+        except CacheFormatError as exc:
+            problems.append(str(exc))
+            path.unlink(missing_ok=True)
+    results = distributed.all_gather_objects((problems, failures))
+    problems = [p for r in results for p in r[0]]
+    if problems:
+        raise CacheFormatError(f"teacher-cache: {len(problems)} shard(s) failed verification and were removed; "
+                               f"rerun teacher-cache to rebuild them. First: {problems[0]}")
+    return sorted((f for r in results for f in r[1]), key=lambda f: (f["shard"], f["clip_id"]))
+
+
 def build_teacher_cache(manifest_dir: Path, out_dir: Path, teacher: TeacherConfig, clips: ClipsConfig, *,
                         dist: DistInfo, fingerprint: str, checkpoint_sha256: str = "",
                         shard_index: int | None = None, num_shards: int | None = None) -> dict:
@@ -187,131 +321,44 @@ def build_teacher_cache(manifest_dir: Path, out_dir: Path, teacher: TeacherConfi
     ``complete`` is False when this call owned only some shards (job arrays) and others are still
     missing; the call that finds every shard present verifies them all and writes ``failed.jsonl``.
     """
-    from data_manifests.clip_plan import build_clip_plan
-    from data_manifests.manifest import load_manifest
-
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(manifest_dir)
-    plan = build_clip_plan(manifest, clips.anchors_per_video, clips.span, clips.splits)
-    if not plan:
-        raise ValueError(f"teacher-cache: the clip plan is empty: manifest {manifest_dir} has no usable videos "
-                         f"in splits {list(clips.splits)}")
-    size = teacher.shard_size
-    total = count_shards(len(plan), size)
-    label_set, labels = backend_labels(teacher.backend, teacher.labels)
-    meta = ShardMeta(fingerprint=fingerprint, teacher=teacher.backend, label_set=label_set, labels=tuple(labels),
-                     map_size=teacher.map_size, checkpoint_sha256=checkpoint_sha256)
-    ids = [c.clip_id for c in plan]
-    frames = [int(c.frame) for c in plan]
-
-    def shard_ids(s: int) -> list[str]:
-        a, b = shard_range(s, size, len(plan))
-        return ids[a:b]
-
-    mine = assigned_shards(total, dist, shard_index, num_shards)
-    todo: list[int] = []
-    for s in mine:
-        tmp, final = out_dir / temp_name(s), out_dir / shard_name(s)
-        if tmp.exists():
-            log.info("teacher-cache: removing stale temporary shard %s", tmp.name)
-            tmp.unlink()
-        if final.exists():
-            if shard_is_current(final, fingerprint, shard_ids(s)):
-                continue
-            log.warning("teacher-cache: %s does not match this cache's fingerprint/clip plan; rebuilding it", final.name)
-            final.unlink()
-        todo.append(s)
+    cp = _load_plan(manifest_dir, teacher, clips, fingerprint, checkpoint_sha256)
+    mine = assigned_shards(cp.total, dist, shard_index, num_shards)
+    todo = _shards_to_build(out_dir, cp, mine)
     log.info("teacher-cache: %d clips in %d shards; this process owns %d, %d to build",
-             len(plan), total, len(mine), len(todo))
+             len(cp.plan), cp.total, len(mine), len(todo))
 
     metrics = MetricsLog(out_dir / METRICS_FILE, enabled=dist.is_main)
-    built: set[int] = set()
-    computed, failed_here, t_compute = 0, 0, 0.0
-    if todo:
-        def on_done(shard: int, n: int, failed: int, seconds: float) -> None:
-            nonlocal failed_here
-            built.add(shard)
-            failed_here += failed
-            metrics.write(event="shard", shard=shard, clips=n, failed=failed, seconds=round(seconds, 3),
-                          clips_per_s=round(n / max(seconds, 1e-9), 3), rank=dist.rank)
-
-        groups = _groups(plan, todo, size)
-        paths = [str(manifest.abspath(e)) for e in manifest.entries]
-        device = resolve_device(teacher.device, dist.local_rank)
-        workers = teacher.workers
-        prefetch = max(2, -(-teacher.batch_size // max(1, workers * clips.anchors_per_video)))  # ≥ one batch ahead
-        loader = DataLoader(_AnchorInputs(groups, paths, input_loader(teacher.backend)), batch_size=None,
-                            shuffle=False, num_workers=workers, collate_fn=_identity,
-                            prefetch_factor=prefetch if workers else None)
-        builder = _ShardBuilder(out_dir, meta, ids, frames, size, teacher.batch_size, on_done)
-        n_todo = sum(b - a for a, b in (shard_range(s, size, len(plan)) for s in todo))
-        it = iter(loader)  # workers start decoding while the model loads
-        try:
-            builder.backend = make_backend(teacher.backend, checkpoint=teacher.checkpoint, labels=teacher.labels,
-                                           map_size=teacher.map_size, input_size=teacher.input_size, device=device,
-                                           amp=teacher.amp, flip=teacher.flip_test, softness=teacher.softness,
-                                           sha256=checkpoint_sha256 or None)
-            t0 = time.perf_counter()  # throughput excludes loading the model
-            with Progress(n_todo, "teacher-cache", "clip", enabled=dist.is_main) as bar:
-                for g, inputs, errors in it:
-                    for k, (x, e) in enumerate(zip(inputs, errors)):
-                        done = builder.add(g.shard, g.row0 + k, x, e)
-                        if done:
-                            computed += done
-                            bar.update(done, postfix=f"shard {len(built)}/{len(todo)} failed {failed_here}")
-        finally:
-            builder.close()
-            del it
-        t_compute = time.perf_counter() - t0
-
+    res = _build_shards(out_dir, cp, todo, teacher, clips, dist, metrics, checkpoint_sha256) if todo else _BuildResult()
     distributed.barrier()
-    gathered = distributed.all_gather_objects((computed, t_compute, sorted(built)))
+    gathered = distributed.all_gather_objects((res.computed, res.seconds, sorted(res.built)))
     computed_all = sum(g[0] for g in gathered)
     t_all = max(g[1] for g in gathered)
-    built_all = sorted(s for g in gathered for s in g[2])
     summary: dict[str, Any] = {
-        "clips": len(plan), "shards": total, "teacher": teacher.backend, "labels": label_set,
-        "num_classes": len(labels), "map_size": teacher.map_size,
-        "shards_built": len(built_all), "clips_computed": computed_all,
+        "clips": len(cp.plan), "shards": cp.total, "teacher": teacher.backend, "labels": cp.label_set,
+        "num_classes": cp.meta.num_classes, "map_size": teacher.map_size,
+        "shards_built": sum(len(g[2]) for g in gathered), "clips_computed": computed_all,
         "clips_per_s": round(computed_all / t_all, 3) if t_all > 0 else 0.0,
     }
-    missing = [s for s in range(total) if not (out_dir / shard_name(s)).exists()]
+    missing = [s for s in range(cp.total) if not (out_dir / shard_name(s)).exists()]
     if missing:
-        summary.update(complete=False, shards_missing=len(missing), failed=failed_here,
+        summary.update(complete=False, shards_missing=len(missing), failed=res.failed,
                        seconds=round(time.perf_counter() - t_start, 3))
         log.info("teacher-cache: %d of %d shards still missing (e.g. %s); run the remaining shard jobs, then "
-                 "teacher-cache once more to finish", len(missing), total, shard_name(missing[0]))
+                 "teacher-cache once more to finish", len(missing), cp.total, shard_name(missing[0]))
         metrics.write(event="summary", **summary)
         metrics.close()
         return summary
 
-    # Final pass: every shard fully verified (except those this rank verified moments ago).
-    problems, failures = [], []
-    for s in range(total)[dist.rank::dist.world_size]:
-        path = out_dir / shard_name(s)
-        try:
-            verify_shard(path, expected_ids=shard_ids(s), fingerprint=fingerprint, full=s not in built)
-            for rec in shard_failures(path):
-                entry = manifest.entries[plan[s * size + rec["row"]].video_index]
-                failures.append({"clip_id": rec["clip_id"], "video_id": entry.id, "path": entry.path,
-                                 "frame": rec["frame"], "shard": s, "error": rec["error"]})
-        except CacheFormatError as exc:
-            problems.append(str(exc))
-            path.unlink(missing_ok=True)
-    results = distributed.all_gather_objects((problems, failures))
-    problems = [p for r in results for p in r[0]]
-    failures = sorted((f for r in results for f in r[1]), key=lambda f: (f["shard"], f["clip_id"]))
-    if problems:
-        raise CacheFormatError(f"teacher-cache: {len(problems)} shard(s) failed verification and were removed; "
-                               f"rerun teacher-cache to rebuild them. First: {problems[0]}")
+    failures = _final_pass(out_dir, cp, dist, res.built)
     if dist.is_main:
         atomic_write_text(out_dir / FAILED_FILE, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
         for tmp in out_dir.glob(".shard-*.h5.tmp"):
             tmp.unlink(missing_ok=True)
     distributed.barrier()
-    summary.update(complete=True, failed=len(failures), valid_clips=len(plan) - len(failures),
+    summary.update(complete=True, failed=len(failures), valid_clips=len(cp.plan) - len(failures),
                    seconds=round(time.perf_counter() - t_start, 3))
     metrics.write(event="summary", **summary)
     metrics.close()

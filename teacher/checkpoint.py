@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.errors import UserError
 from pipeline.fingerprint import sha256_file
 from teacher.labels import LABEL_SETS, check_label_set
 from teacher.norm import ABNNorm
@@ -21,7 +22,7 @@ CLASS_KEYS = ("decoder.conv4.weight", "decoder.conv4.bias", "fushion.3.weight", 
 _LABELS_BY_CLASSES = {len(v): k for k, v in LABEL_SETS.items()}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used as an SCHP teacher; the message names the file."""
 
 
@@ -45,6 +46,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"SCHP checkpoint {path}: no 'state_dict' of tensors found (top-level keys: {top})"
         )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"SCHP checkpoint {path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]}); the file "
+                              f"is damaged or from a diverged run: use the released checkpoint")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 

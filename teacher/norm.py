@@ -6,16 +6,21 @@ ReLU (slope 0.01) as part of the norm. Using ``nn.BatchNorm2d`` with the raw wei
 gives wrong parsings (about 3.5 % pixel agreement on a checkpoint with negative weights), so this
 subclass keeps BatchNorm2d's parameter names (the checkpoint keys load strictly) and changes only
 the arithmetic.
+
+The official kernel takes eps as a C ``float``, so both uses (``|weight| + eps`` and
+``var + eps``) see float32's 1e-5, 9.999999747378752e-06; that is the value used here, which
+matters only when the network runs in float64 (the comparisons against SCHP's code).
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ABN_EPS = 1e-5
+ABN_EPS = float(np.float32(1e-5))  # 9.999999747378752e-06: the float the official kernel receives
 LEAKY_SLOPE = 0.01
 
 

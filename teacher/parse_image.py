@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from teacher.checkpoint import load_schp
+from pipeline.errors import UserError
+from teacher.checkpoint import CheckpointError, load_schp
 from teacher.labels import check_label_set, input_size as default_input_size, palette
 from teacher.preprocess import parse_to_labels
 
@@ -55,6 +56,24 @@ def write_palette_png(path: str | Path, labels: np.ndarray, pal: np.ndarray) -> 
     tmp.replace(path)
 
 
+class ImageReadError(UserError, FileNotFoundError):
+    """The input of ``parse-image`` is not an image that can be decoded; names the file."""
+
+
+def _check_finite_weights(model: nn.Module, checkpoint: object) -> None:
+    """A network with NaN/inf weights labels every pixel 0 (background): refuse instead of writing that PNG.
+
+    Loading a checkpoint file already refuses non-finite tensors; this catches a network passed in
+    directly (or weights damaged in memory) at the cost of one pass over its parameters.
+    """
+    bad = next((n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        where = "(in memory)" if isinstance(checkpoint, nn.Module) else checkpoint
+        raise CheckpointError(f"SCHP checkpoint {where}: {bad} holds NaN or inf, so every pixel would be background; "
+                              f"no PNG written")
+
+
 def parse_image(image_path: str | Path, checkpoint: str | Path | nn.Module, labels: str, out_png: str | Path,
                 device: str | torch.device = "cpu", input_size: int | None = None, flip: bool = False) -> np.ndarray:
     """Parse one image with SCHP and write the palette PNG at the image's resolution; returns (H, W) uint8 labels.
@@ -65,9 +84,11 @@ def parse_image(image_path: str | Path, checkpoint: str | Path | nn.Module, labe
     check_label_set(labels)
     image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     if image is None:
-        raise FileNotFoundError(f"cannot read image {image_path} (missing or not an image OpenCV decodes)")
+        raise ImageReadError(f"{image_path}: not an image OpenCV can read (missing, empty, or another kind of file); "
+                             f"give a JPEG, PNG, BMP or WebP photo")
     model = checkpoint if isinstance(checkpoint, nn.Module) else load_schp(checkpoint, labels, device)
     size = input_size or default_input_size(labels)
+    _check_finite_weights(model, checkpoint)
     label_map = parse_to_labels(model, [image], size, flip=flip)[0].cpu().numpy()
     write_palette_png(out_png, label_map, schp_palette(model.num_classes))
     return label_map

@@ -66,7 +66,9 @@ def test_manifest_command_on_real_hmdb51(tmp_path: Path, shared_data: Path):
 
     result = CliRunner().invoke(main, args + ["--allow-missing"])
     assert result.exit_code == 0, result.output
-    assert '"videos": 4' in result.output and '"missing": 6762' in result.output
+    assert "4 usable videos" in result.output and "missing 6762" in result.output  # the readable summary
+    as_json = CliRunner().invoke(main, args + ["--allow-missing", "--json"])  # done: reused, summary as JSON
+    assert '"videos": 4' in as_json.output and '"missing": 6762' in as_json.output
 
 
 def test_parse_image_command_writes_full_size_png(tmp_path: Path, shared_data: Path):

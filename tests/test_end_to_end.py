@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -54,6 +55,7 @@ def _only(work: Path, kind: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_every_stage_output(work: Path):
     syn = _only(work, "synthetic")
     assert (syn / "kinetics" / "annotations" / "train.csv").is_file()
@@ -93,8 +95,39 @@ def test_every_stage_output(work: Path):
 
     results = (work / "results.md").read_text()
     assert f"{100 * metrics['video_top1']:.1f}" in results and "hmdb51" in results
+    # the synthetic test videos carry part masks: the human-focus score of the classifier's CAMs
+    assert 0.0 <= metrics["human_focus"] <= 1.0 and 0.0 < metrics["person_area"] < 1.0
+
+    # pictures of the run, for people
+    for name in ("pretrain_curves.png", "finetune_curves.png", "parsing.png"):
+        image = cv2.imread(str(work / "report" / name))
+        assert image is not None and image.shape[0] > 100 and image.shape[1] > 200, name
 
 
+@pytest.mark.slow
+def test_pretraining_changed_the_weights_that_finetuning_starts_from(work: Path):
+    """The pretrained encoders differ from their random initialisation and reach finetuning intact."""
+    from pipeline.config import load_config
+    from student.finetune import build_classifier
+    from student.pretrain import build_pretrain_model, seed_all
+
+    cfg = load_config(overrides=TINY)
+    pre = _only(work, "pretrain")
+    saved = torch.load(pre / "student.pt", map_location="cpu", weights_only=True)
+    seed_all(cfg.pretrain.seed)  # exactly how pretraining initialised its model
+    initial = build_pretrain_model(cfg.model, cfg.pretrain, saved["num_parts"]).student.state_dict()
+    trained = saved["state_dict"]
+    moved = [k for k in trained if k.startswith(("f_l.", "h_h.", "h_c.")) and trained[k].is_floating_point()
+             and not torch.equal(trained[k], initial[k])]
+    conv_weights = [k for k in trained if k.startswith(("f_l.", "h_h.", "h_c.")) and k.endswith("weight")
+                    and trained[k].dim() == 5]
+    assert conv_weights and set(conv_weights) <= set(moved)  # every conv of every encoder was trained
+    start = build_classifier(cfg.model, 10, saved).state_dict()  # what finetuning starts from
+    for k in conv_weights:
+        assert torch.equal(start[k], trained[k]), k
+
+
+@pytest.mark.slow
 def test_second_run_does_nothing(work: Path):
     before = _outputs(work)
     out = _run(work)
@@ -102,14 +135,16 @@ def test_second_run_does_nothing(work: Path):
     assert _outputs(work) == before
 
 
+@pytest.mark.slow
 def test_finetune_key_reruns_finetune_and_evaluate_only(work: Path):
     before = _outputs(work)
-    _run(work, "finetune.lr=0.02")
+    _run(work, "finetune.lr=0.03")
     after = _outputs(work)
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed == {"finetune", "evaluate"}
 
 
+@pytest.mark.slow
 def test_teacher_key_reruns_teacher_cache_and_everything_after(work: Path):
     before = _outputs(work)
     _run(work, "teacher.softness=0.8")

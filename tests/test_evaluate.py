@@ -125,6 +125,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_evaluation_counts_every_video_once(setup, single, tmp_path):
     tmp, man, ft = setup
     # 3 videos over 2 ranks: uneven split (videos 0, 2 on rank 0; video 1 on rank 1), no padding

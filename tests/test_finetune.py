@@ -29,9 +29,15 @@ DIST = DistInfo()
     ("r2plus1d", "hmdb51", 16, 0.1, "cosine", [], 30),
 ])
 def test_rspnet_presets_match_facts(backbone, dataset, batch, lr, schedule, milestones, epochs):
-    p = resolve_protocol(FinetuneConfig(dataset=dataset), backbone)
+    p = resolve_protocol(FinetuneConfig(dataset=dataset, protocol="rspnet"), backbone)
     assert (p.batch_size, p.lr, p.schedule, list(p.milestones), p.epochs) == (batch, lr, schedule, milestones, epochs)
     assert (p.momentum, p.weight_decay, p.overrides) == (0.9, 1e-4, ())
+    assert p.name == f"rspnet:{backbone}/{dataset}"
+    # the paper's protocol (also "auto"): the same preset, 100 epochs for all four
+    for name in ("paper", "auto", f"paper:{backbone}/{dataset}"):
+        q = resolve_protocol(FinetuneConfig(dataset=dataset, protocol=name), backbone)
+        assert (q.batch_size, q.lr, q.schedule, list(q.milestones), q.epochs) == (batch, lr, schedule, milestones, 100)
+        assert (q.name, q.overrides) == (f"paper:{backbone}/{dataset}", ())
 
 
 def test_protocol_overrides_custom_and_errors():
@@ -176,7 +182,8 @@ def test_resume_is_exact_on_cpu(tiny, tmp_path):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     assert a["scheduler"] == b["scheduler"]
     ca, cb = _weights(tmp_path / "ref" / "classifier.pt"), _weights(out / "classifier.pt")
-    assert (ca["selected_epoch"], ca["selected_on"]) == (cb["selected_epoch"], cb["selected_on"]) == (ref["selected_epoch"], "val")
+    assert ((ca["selected_epoch"], ca["selected_on"]) == (cb["selected_epoch"], cb["selected_on"])
+            == (ref["selected_epoch"], "val"))
     for k in ca["state_dict"]:
         assert torch.equal(ca["state_dict"][k], cb["state_dict"][k]), k
     # one best-epoch file is kept; metrics.jsonl has one epoch record per epoch
@@ -213,7 +220,9 @@ def test_classifier_file_and_fallbacks(tiny, tmp_path):
                   clip_len=CLIP_LEN, max_steps_per_epoch=1)
     student = torch.load(pre / "student.pt", weights_only=True)["state_dict"]
     clf = load_checkpoint(tmp_path / "lr0" / "classifier.pt")["state_dict"]
-    w = "f_l.conv1.0.weight" if "f_l.conv1.0.weight" in clf else next(k for k in clf if k.startswith("f_l.") and k.endswith("weight"))
+    w = "f_l.conv1.0.weight"
+    if w not in clf:
+        w = next(k for k in clf if k.startswith("f_l.") and k.endswith("weight"))
     torch.testing.assert_close(clf[w], student[w], rtol=1e-6, atol=1e-9)
     assert s0["from_scratch"] is False
     # select on test: explicit, and reported
@@ -256,6 +265,7 @@ cleanup()
 """
 
 
+@pytest.mark.slow
 def test_two_process_gloo_finetune_agrees_across_ranks(tiny, tmp_path):
     import os
     import socket

@@ -41,7 +41,8 @@ def test_hmdb51_split1(hmdb, shared_data):
         assert e.path == f"{cls}/{vid}.avi" and e.fps == 30.0
         assert manifest.abspath(e).is_file()
     assert len(rejected) == 6766 - 4 and {r["reason"] for r in rejected} == {"missing"}
-    assert {"id": "April_09_brush_hair_u_nm_np1_ba_goo_0", "path": "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+    assert {"id": "April_09_brush_hair_u_nm_np1_ba_goo_0",
+            "path": "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
             "reason": "missing"}.items() <= rejected[0].items()
     assert [e.id for e in manifest.by_split("train")] == ["Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6",
                                                           "RATRACE_wave_f_nm_np1_fr_goo_37"]
@@ -51,7 +52,8 @@ def test_hmdb51_split3(shared_data):
     manifest, _ = build_manifest("hmdb51", shared_data / "videos" / "hmdb51", shared_data / "splits" / "hmdb51", 3,
                                  allow_missing=True, workers=1, progress=False)
     splits = {e.id: e.split for e in manifest.entries}
-    assert splits == {"RATRACE_wave_f_nm_np1_fr_goo_37": "train", "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0": "train",
+    assert splits == {"RATRACE_wave_f_nm_np1_fr_goo_37": "train",
+                      "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0": "train",
                       "TrumanShow_wave_f_nm_np1_fr_med_26": "train",
                       "Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6": "test"}
 
@@ -79,8 +81,9 @@ def test_missing_threshold(shared_data, tmp_path):
 
 
 def test_ucf101_split1(shared_data):
-    manifest, rejected = build_manifest("ucf101", shared_data / "videos" / "ucf101", [shared_data / "splits" / "ucf101"],
-                                        1, allow_missing=True, workers=1, progress=False)
+    manifest, rejected = build_manifest("ucf101", shared_data / "videos" / "ucf101",
+                                        [shared_data / "splits" / "ucf101"], 1, allow_missing=True, workers=1,
+                                        progress=False)
     assert len(manifest.classes) == 101 and manifest.classes[83] == "SoccerJuggling"
     assert [(e.id, e.label, e.split, e.frames) for e in manifest.entries] == [
         ("v_SoccerJuggling_g23_c01", 83, "train", 240), ("v_SoccerJuggling_g24_c01", 83, "train", 251)]

@@ -87,7 +87,8 @@ def test_letterbox_matrix_maps_ends_and_centre(w, h, size):
 
 
 def test_letterbox_matches_cv2_on_real_images(shared_data):
-    """Within one grey level of cv2.warpAffine (INTER_LINEAR, constant 0 border), before normalisation."""
+    """Rounded like cv2.warpAffine's uint8 output (INTER_LINEAR, constant 0 border): equal but for a few
+    pixels one grey level apart (a value within float noise of .5 rounds either way); unrounded, within half."""
     for path in sorted((shared_data / "images").glob("*.jpg")):
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         for variant in (img, np.ascontiguousarray(img.transpose(1, 0, 2)),
@@ -96,8 +97,10 @@ def test_letterbox_matches_cv2_on_real_images(shared_data):
                 ours = letterbox_pixels([variant], size)[0].permute(1, 2, 0).numpy()
                 ref = _cv2_letterbox(variant, size).astype(np.float32)
                 diff = np.abs(ours - ref)
-                assert diff.max() < 1.0, (path.name, variant.shape, size, diff.max())
-                assert diff.mean() < 0.3
+                assert np.array_equal(ours, np.round(ours)), "the network must see whole grey levels"
+                assert diff.max() <= 1.0 and (diff > 0).mean() < 1e-3, (path.name, variant.shape, size, diff.max())
+                bare = letterbox_pixels([variant], size, rounded=False)[0].permute(1, 2, 0).numpy()
+                assert np.abs(bare - ref).max() < 0.51 and np.abs(bare - ref).mean() < 0.3
 
 
 def test_letterbox_normalises_with_bgr_statistics():
@@ -114,9 +117,14 @@ def test_letterbox_normalises_with_bgr_statistics():
 
 
 def test_mixed_size_batch_letterbox_equals_one_at_a_time(frames):
+    bare = letterbox_pixels(frames, 65, rounded=False)
     batch = letterbox_pixels(frames, 65)
     for i, f in enumerate(frames):
-        torch.testing.assert_close(batch[i], letterbox_pixels([f], 65)[0], rtol=0, atol=2e-3)  # float32 grid rounding
+        # float32 grid
+        torch.testing.assert_close(bare[i], letterbox_pixels([f], 65, rounded=False)[0], rtol=0, atol=2e-3)
+        # rounded: a value that float noise puts either side of .5 may round the other way (as in cv2)
+        diff = (batch[i] - letterbox_pixels([f], 65)[0]).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.05
     same = [frames[2], frames[2][::-1].copy()]
     as_tensor = letterbox(torch.from_numpy(np.stack(same)), 65)
     torch.testing.assert_close(as_tensor, letterbox(np.stack(same), 65))
@@ -179,7 +187,7 @@ def test_mixed_size_warp_back_equals_one_at_a_time():
 def test_letterbox_then_warp_back_reproduces_linear_frames(size):
     """Forward and inverse geometry agree: an affine image survives the round trip (away from the border)."""
     frames = [_linear_frame(30, 40), _linear_frame(44, 30)]
-    square = letterbox_pixels(frames, size, dtype=torch.float64)
+    square = letterbox_pixels(frames, size, dtype=torch.float64, rounded=False)
     margin = 1 if size == 65 else 2
     for i, f in enumerate(frames):
         back = warp_back(square[i:i + 1], [f.shape[:2]], f.shape[:2])[0].permute(1, 2, 0).numpy()
@@ -202,9 +210,16 @@ class _Subsample(nn.Module):
         return x[:, :, ::4, ::4] * self.scale
 
 
+def _even_linear_frame(h: int, w: int) -> np.ndarray:
+    """Like _linear_frame with even coefficients: letterboxed at scale 2 (size 65 for a 33-pixel long side),
+    every sample is a whole grey level, so SCHP's rounding leaves the affine image exact."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([2 * x + 4 * y, 4 * x + 2 * y + 3, 200 - 2 * x - 2 * y], axis=-1).astype(np.uint8)
+
+
 def test_parse_frames_chain_is_aligned_with_the_frame():
     """letterbox → network → upsample to S×S → inverse warp → softmax, checked end to end on affine frames."""
-    frames = [_linear_frame(30, 40), _linear_frame(44, 30)]
+    frames = [_even_linear_frame(17, 33), _even_linear_frame(33, 25)]
     net = _Subsample()
     maps = [parse_frames(net, [f], 65, out_size=f.shape[:2])[0] for f in frames]
     for f, got in zip(frames, maps):
@@ -220,7 +235,8 @@ def test_parse_frames_batch_of_different_sizes_equals_one_at_a_time(lip_net, fra
     torch.testing.assert_close(batch.sum(1), torch.ones(3, 24, 40), rtol=0, atol=1e-5)
     assert (batch >= 0).all()
     for i, f in enumerate(frames):
-        torch.testing.assert_close(batch[i], parse_frames(lip_net, [f], 65, out_size=(24, 40))[0], rtol=0, atol=2e-5)
+        # 2e-4: batching may round a pixel at a float-noise tie the other way (one grey level)
+        torch.testing.assert_close(batch[i], parse_frames(lip_net, [f], 65, out_size=(24, 40))[0], rtol=0, atol=2e-4)
     # not a trivial map: classes vary over the frame
     assert batch.argmax(1).unique().numel() > 1 or batch.std() > 1e-3
 
@@ -256,6 +272,9 @@ def test_parse_to_labels_is_argmax_at_frame_resolution(frames):
     net = _Mixer().eval()
     labels = parse_to_labels(net, frames, 65)
     assert len({lab.shape for lab in labels}) == 3
+    assert [lab.shape for lab in labels] == [f.shape[:2] for f in frames]
+    # one frame at a time, so that a rounding tie cannot differ between the two calls
+    labels = [parse_to_labels(net, [f], 65)[0] for f in frames]
     for f, lab in zip(frames, labels):
         assert lab.shape == f.shape[:2] and lab.dtype == torch.uint8
         probs = parse_frames(net, [f], 65, out_size=f.shape[:2])[0]

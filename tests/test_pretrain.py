@@ -236,7 +236,8 @@ def test_interrupted_and_resumed_run_ends_with_identical_state(toy, tmp_path: Pa
     assert any(k.startswith("key_encoder.") for k in a["model"]) and "queue.queue" in a["model"]
     for part in ("model", "optimizer", "scheduler", "rng"):
         assert tensors_equal(a[part], b[part]) == [], part
-    assert (a["epoch"], a["step_in_epoch"], a["global_step"]) == (b["epoch"], b["step_in_epoch"], b["global_step"]) == (2, 0, 4)
+    assert ((a["epoch"], a["step_in_epoch"], a["global_step"]) == (b["epoch"], b["step_in_epoch"], b["global_step"])
+            == (2, 0, 4))
     # The queue has been written by the run (ptr moved 4 steps × 4 keys = 16 rows).
     assert int(a["model"]["queue.ptr"]) == 16
     sa = torch.load(tmp_path / "full" / "student.pt", weights_only=True)
@@ -311,7 +312,7 @@ def _ddp_worker(rank: int, port: str, toy: dict, out: Path, results: Path, cfg: 
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
     torch.set_num_threads(1)
-    record: dict = {"local": [], "gathered": [], "queue": [], "ptr": []}
+    record: dict = {"local": [], "gathered": [], "queue": [], "ids": [], "ptr": []}
     real_gather = pmod.all_gather_tensor
 
     def spy(t: torch.Tensor) -> torch.Tensor:
@@ -326,6 +327,7 @@ def _ddp_worker(rank: int, port: str, toy: dict, out: Path, results: Path, cfg: 
     def on_step(info: StepInfo) -> None:
         holder["model"] = info.model
         record["queue"].append(info.model.queue.queue.detach().clone())
+        record["ids"].append(info.model.queue.ids.detach().clone())
         record["ptr"].append(int(info.model.queue.ptr))
 
     dist = init_distributed("cpu")
@@ -341,6 +343,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_queue_gets_keys_from_both_ranks(toy, tmp_path: Path) -> None:
     cfg = dataclasses.replace(CFG, epochs=1, batch_size=2, deterministic=False)
     out = tmp_path / "out"
@@ -364,15 +367,19 @@ def test_two_process_ddp_queue_gets_keys_from_both_ranks(toy, tmp_path: Path) ->
     assert steps == 2 == len(r0["gathered"]) == len(r1["gathered"])
     b = cfg.batch_size
     for k in range(steps):
+        # one gather per step: each rank's keys with its clips' video ids as a last column
         both = torch.cat([r0["local"][k], r1["local"][k]])
-        assert r0["local"][k].shape == (b, MODEL.proj_dim)
+        assert r0["local"][k].shape == (b, MODEL.proj_dim + 1)
         assert not torch.allclose(r0["local"][k], r1["local"][k])  # different videos on each rank
         assert torch.equal(r0["gathered"][k], both) and torch.equal(r1["gathered"][k], both)
-        # Every rank's queue holds the keys of BOTH ranks, in rank order, at the same rows.
+        ids = both[:, -1].long()
+        assert (ids >= 0).all() and len(set(ids.tolist())) == 2 * b  # the two ranks' distinct videos
+        # Every rank's queue holds the keys (and video ids) of BOTH ranks, in rank order, at the same rows.
         start = (k * 2 * b) % cfg.queue_size
         for r in (r0, r1):
             assert r["ptr"][k] == (start + 2 * b) % cfg.queue_size
-            assert torch.equal(r["queue"][k][start:start + 2 * b], both)
+            assert torch.equal(r["queue"][k][start:start + 2 * b], both[:, :-1])
+            assert torch.equal(r["ids"][k][start:start + 2 * b], ids)
         assert torch.equal(r0["queue"][k], r1["queue"][k])
     # Model weights (incl. key encoder and queue) stay identical across ranks; rank 0 saved them.
     assert tensors_equal(r0["state"], r1["state"]) == []

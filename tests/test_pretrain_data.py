@@ -213,17 +213,17 @@ def test_items_use_exact_clip_indices_and_one_decode_per_video() -> None:
             item = ds[(epoch, i)]
             entry = manifest.entries[i]
             n = entry.frames
-            qa, ka = item["anchors"].tolist()
+            qa, ks = item["query_anchor"], item["key_start"]
             s, s2 = item["speed"], item["neg_speed"]
             anchors = anchor_frames(n, CLIPS.anchors_per_video, CLIPS.span)
-            assert qa in anchors and ka in anchors
-            if len(anchors) > 1:
-                assert qa != ka
+            assert qa in anchors  # the query is centred on an anchor (its teacher map is cached)
+            # the key window starts anywhere its fastest-speed clip fits (RSPNet), not at an anchor
+            assert 0 <= ks <= max(n - CLIPS.clip_len * max(CLIPS.speeds), 0)
             assert {s, s2} == {1, 2}
             speeds_seen.add(s)
             q = clip_indices(qa, n, CLIPS.clip_len, s)
-            kp = clip_indices(ka, n, CLIPS.clip_len, s)
-            kn = clip_indices(ka, n, CLIPS.clip_len, s2)
+            kp = [min(ks + s * i, n - 1) for i in range(CLIPS.clip_len)]
+            kn = [min(ks + s2 * i, n - 1) for i in range(CLIPS.clip_len)]
             assert frame_ids(item["query"]) == q
             assert frame_ids(item["key_pos"]) == kp
             assert frame_ids(item["key_neg"]) == kn
@@ -249,7 +249,7 @@ def test_target_is_cut_with_the_query_box_and_flip() -> None:
     for i in range(len(ds)):
         cache.calls.clear()
         item = ds[(2, i)]
-        qa = int(item["anchors"][0])
+        qa = int(item["query_anchor"])
         box = tuple(item["query_box"].tolist())
         flip = bool(item["query_flip"])
         flips.add(flip)
@@ -331,3 +331,39 @@ def test_loader_rejects_a_dataset_smaller_than_a_batch() -> None:
     ds, *_ = toy_dataset()
     with pytest.raises(ValueError, match="batch"):
         build_pretrain_loader(ds, batch_size=8, workers=0)
+
+
+def test_key_windows_cover_random_starts_not_only_anchors() -> None:
+    ds, manifest, *_ = toy_dataset(frames=(60,))
+    starts = {ds[(e, 0)]["key_start"] for e in range(60)}
+    anchors = set(anchor_frames(60, CLIPS.anchors_per_video, CLIPS.span))
+    assert len(starts) > 2 * len(anchors)  # 53 possible starts; an anchor-only draw would give at most 4
+    assert min(starts) == 0 or min(starts) < 5 and max(starts) > 45
+
+
+def test_sampler_balances_query_speeds_in_every_batch_and_resumes_exactly() -> None:
+    from student.pretrain_data import EpochSampler
+
+    for world in (1, 2):
+        for rank in range(world):
+            sampler = EpochSampler(37, rank=rank, world_size=world, seed=5, batch_size=6, num_speeds=2)
+            for epoch in (0, 3):
+                sampler.set_epoch(epoch)
+                items = list(sampler)
+                full_batches = len(items) // 6
+                for b in range(full_batches):
+                    slots = [it[2] for it in items[b * 6:(b + 1) * 6]]
+                    assert sorted(slots) == [0, 0, 0, 1, 1, 1], slots
+                # placement is random: not the same pattern in every batch
+                patterns = {tuple(it[2] for it in items[b * 6:(b + 1) * 6]) for b in range(full_batches)}
+                assert len(patterns) > 1
+                sampler.set_epoch(epoch, start=12)
+                assert list(sampler) == items[12:]  # a resume sees the same indices and speeds
+
+
+def test_sampler_speed_slot_sets_the_query_speed() -> None:
+    ds, *_ = toy_dataset()
+    for slot, speed in ((0, 1), (1, 2)):
+        for i in range(len(ds)):
+            item = ds[(0, i, slot)]
+            assert item["speed"] == speed and item["neg_speed"] != speed

@@ -111,7 +111,7 @@ def test_norm_layers_and_activations():
     leaky = {name for name, m in norms.items() if m.has_activation}
     assert leaky == LEAKY_NORMS and len(leaky) == 13
     assert sum(not m.has_activation for m in norms.values()) == 106
-    assert all(m.eps == 1e-5 for m in norms.values())
+    assert all(m.eps == F32_EPS for m in norms.values())  # the float the official kernel receives
     assert not any(isinstance(m, torch.nn.BatchNorm2d) and not isinstance(m, ABNNorm) for m in model.modules())
 
 
@@ -145,9 +145,12 @@ def test_feature_sizes_output_stride_16(size, expected):
 # --- the norm rule ----------------------------------------------------------------------------------
 
 
+F32_EPS = 9.999999747378752e-06  # float32(1e-5): in-place ABN's kernel takes eps as a C float
+
+
 def _abn_reference(x, w, b, mean, var, leaky):
-    y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5)
-    y = y * (w.abs() + 1e-5).view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+    y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + F32_EPS)
+    y = y * (w.abs() + F32_EPS).view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
     return torch.where(y >= 0, y, 0.01 * y) if leaky else y
 
 

@@ -199,7 +199,8 @@ def test_key_queue_wraps_around():
     for i in range(6, 12):
         expected[(1 + i - 6) % 5] = rows[i]
     assert torch.equal(qu.queue, expected)
-    assert set(qu.state_dict()) == {"queue", "ptr"}
+    assert set(qu.state_dict()) == {"queue", "ids", "ptr"}
+    assert qu.ids.tolist() == [-1] * 5  # enqueued without ids
 
 
 def test_shuffle_unshuffle_single_process_roundtrip():
@@ -235,9 +236,11 @@ def test_pretrain_step_losses_momentum_update_and_queue():
     for pk, a, b in zip(m.key_encoder.f_l.parameters(), k0, q0):
         torch.testing.assert_close(pk, 0.9 * a + 0.1 * b)
     k1 = [p.detach().clone() for p in m.key_encoder.parameters()]
-    # the queue holds the other-speed keys' A-VID embeddings from the pre-update key encoder
+    # MoCo's order: the keys (and so the queue) come from the key encoder AFTER this step's update
     with torch.no_grad():
-        _, expected = k_ref(kneg)
+        _, expected = copy.deepcopy(m.key_encoder)(kneg)
+        _, stale = k_ref(kneg)
+    assert not torch.allclose(m.queue.queue[:B], stale, atol=1e-4)
     assert int(m.queue.ptr) == B
     torch.testing.assert_close(m.queue.queue[:B], expected, rtol=1e-4, atol=1e-5)
     # backward + step: every trainable parameter got a gradient (DDP without find_unused_parameters),
@@ -309,6 +312,7 @@ def _ddp_worker(rank: int, world: int, store: str, queue_out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_share_one_queue(tmp_path):
     world = 2
     out = str(tmp_path / "q")
@@ -317,3 +321,38 @@ def test_ddp_two_processes_share_one_queue(tmp_path):
     assert int(r0["ptr"]) == int(r1["ptr"]) == (2 * 2 * world) % 6   # 2 steps × 2 keys × 2 ranks
     assert torch.equal(r0["queue"], r1["queue"]) and torch.equal(r0["key"], r1["key"])
     assert torch.equal(r0["query"], r1["query"])  # gradients were all-reduced
+
+
+def test_queue_keeps_video_ids_and_same_video_keys_are_not_negatives():
+    from student.losses import avid_loss
+
+    qu = KeyQueue(dim=4, size=6)
+    keys = torch.nn.functional.normalize(torch.randn(4, 4), dim=1)
+    qu.enqueue(keys, torch.tensor([7, 8, 9, 7]))
+    assert qu.ids.tolist() == [7, 8, 9, 7, -1, -1]
+    queue, ids = qu.snapshot()
+    q = keys[:1].clone()                      # a query identical to its own video's queued keys (7)
+    k = torch.nn.functional.normalize(q + 0.3 * torch.randn(1, 4), dim=1)
+    plain = avid_loss(q, k, k, queue, 0.07)
+    masked = avid_loss(q, k, k, queue, 0.07, query_ids=torch.tensor([7]), queue_ids=ids)
+    assert plain.acc_pos.item() == 0.0            # its own video's key beats the positive
+    assert masked.acc_pos.item() == 1.0           # ... unless same-video rows are left out
+    assert masked.loss.item() < plain.loss.item()
+    # by hand: the masked loss equals the plain loss over the queue without rows 0 and 3
+    by_hand = avid_loss(q, k, k, queue[[1, 2, 4, 5]], 0.07)
+    torch.testing.assert_close(masked.loss, by_hand.loss)
+    # ids -1 (initial random rows) are always negatives, whatever the query's id
+    masked_neg1 = avid_loss(q, k, k, queue, 0.07, query_ids=torch.tensor([-1]), queue_ids=ids)
+    torch.testing.assert_close(masked_neg1.loss, plain.loss)
+
+
+def test_pretrain_forward_enqueues_video_ids_and_queue_is_trimmed_to_the_batch():
+    from student.moco import trimmed_queue_size
+
+    assert trimmed_queue_size(100, 16) == 96 and trimmed_queue_size(512, 16) == 512
+    with pytest.raises(ValueError, match="queue_size"):
+        trimmed_queue_size(8, 16)
+    torch.manual_seed(0)
+    m = PretrainModel("c3d", width=W, queue_size=8, kd=False)
+    m(_clips(2, 1), _clips(2, 2), _clips(2, 3), None, torch.tensor([4, 11]))
+    assert m.queue.ids.tolist()[:2] == [4, 11] and int(m.queue.ptr) == 2

@@ -104,7 +104,7 @@ def real_setup(shared_data, tmp_path_factory):
 
 def _teacher(ckpt: Path, **kw) -> TeacherConfig:
     cfg = dict(backend="schp", checkpoint=str(ckpt), labels="lip", input_size=33, map_size=16, shard_size=3,
-               batch_size=2, workers=0, device="cpu", amp="auto")
+               batch_size=2, workers=0, device="cpu", amp="off")  # fp32: auto is bf16 on CPUs with native bf16
     cfg.update(kw)
     return TeacherConfig(**cfg)
 
@@ -256,7 +256,7 @@ def test_killed_run_resumes_without_recomputing(reference, real_setup, monkeypat
                             fingerprint=FP, checkpoint_sha256="ab" * 32)
     assert s["complete"] and s["shards_built"] == 1 and s["failed"] == 2
     got = _read_cache(out)
-    for cid, (m, v) in reference["maps"].items():
+    for cid, (m, _v) in reference["maps"].items():
         np.testing.assert_array_equal(got[cid][0], m)
 
 
@@ -304,6 +304,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(reference, real_setup, tmp_path):
     out = real_setup["base"] / "torchrun"
     script = tmp_path / "run_cache.py"
@@ -324,7 +325,7 @@ def test_two_process_gloo_run_matches_single_process(reference, real_setup, tmp_
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (so, se) in zip(procs, outs):
+    for p, (_so, se) in zip(procs, outs):
         assert p.returncode == 0, se[-3000:]
     summaries = [json.loads(next(line for line in so.splitlines() if line.startswith("SUMMARY "))[8:])
                  for so, _ in outs]

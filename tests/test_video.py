@@ -88,7 +88,8 @@ def test_random_access_equals_sequential_decode(shared_data, rel):
 
 
 @pytest.mark.parametrize("rel", [HMDB_CARTWHEEL, "other/mmaction2_demo_skeleton.mp4",
-                                 "other/mmaction2_demo_spatiotemporal_det.mp4", "kinetics400/using_segway/SOX5yA1l24A.mp4"])
+                                 "other/mmaction2_demo_spatiotemporal_det.mp4",
+                                 "kinetics400/using_segway/SOX5yA1l24A.mp4"])
 def test_probe_matches_provenance(shared_data, rel):
     props = json.loads((shared_data / "videos" / "video_properties.json").read_text())[f"videos/{rel}"]
     info = probe_video(_clip(shared_data, rel))

@@ -82,7 +82,8 @@ def write_student(pretrain_dir: Path, model_cfg, seed: int = 0, num_parts: int =
     return path
 
 
-def write_classifier(finetune_dir: Path, manifest_dir: Path, model_cfg, seed: int = 0, clip_len: int = CLIP_LEN) -> Path:
+def write_classifier(finetune_dir: Path, manifest_dir: Path, model_cfg, seed: int = 0,
+                     clip_len: int = CLIP_LEN) -> Path:
     """A random classifier.pt in the finetune stage's format (no training: evaluation plumbing tests)."""
     from data_manifests.manifest import load_manifest
     from student.finetune import _classifier_record, build_classifier

@@ -187,7 +187,7 @@ def draw_figure(inst: np.ndarray, body: Body, pose: dict[str, float], cam: Camer
     fx = np.round(np.stack([u, v], 1) * _ONE).astype(np.int32)
     P = [tuple(p) for p in fx.tolist()]
     # indices into pts3
-    NECK, HEAD, ROOT, MID, END, TIP = 0, 1, 2, 6, 10, 14
+    _NECK, HEAD, ROOT, MID, END, TIP = 0, 1, 2, 6, 10, 14
     NB, TC, CORNERS = 18, 19, 20
 
     def thick(frac: float) -> int:
@@ -199,7 +199,8 @@ def draw_figure(inst: np.ndarray, body: Body, pose: dict[str, float], cam: Camer
     hc, nb = P[HEAD], P[NB]
     ang = math.degrees(math.atan2(hc[0] - nb[0], -(hc[1] - nb[1])))
     items.append((depth[HEAD], 3, 1, "head", (nb, hc, thick(body.head_rx * 1.1),
-                                               (int(round(body.head_rx * sc * _ONE)), int(round(body.head_ry * sc * _ONE))),
+                                               (int(round(body.head_rx * sc * _ONE)),
+                                                int(round(body.head_ry * sc * _ONE))),
                                                ang), INST["head"]))
     limbs = (("arm", "l", 0), ("arm", "r", 1), ("leg", "l", 2), ("leg", "r", 3))
     for limb, side, i in limbs:

@@ -69,7 +69,7 @@ def generate_synthetic(out_dir: str | os.PathLike, cfg: SyntheticSpec | None = N
 
     by = {ds: [pv for pv in plan if pv.dataset == ds] for ds in ("kinetics", "ucf101", "hmdb51")}
     summary: dict[str, Any] = {
-        "root": str(root),
+        "root": ".",  # the folder holding this file: a work directory can be moved
         "videos": len(plan),
         "frames": sum(r["frames"] for r in records),
         "classes": list(spec.classes),

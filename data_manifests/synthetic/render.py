@@ -149,7 +149,8 @@ def render_video(job: VideoJob) -> Rendered:
         sec = t / job.fps
         pose = act.pose(phase0 + hz * sec, style)
         for k, (f, ph) in wob.items():
-            pose[k] += wob_amp * (math.sin(2 * math.pi * f[0] * sec + ph[0]) + math.sin(2 * math.pi * f[1] * sec + ph[1])) / 2
+            pose[k] += wob_amp * (math.sin(2 * math.pi * f[0] * sec + ph[0])
+                                  + math.sin(2 * math.pi * f[1] * sec + ph[1])) / 2
         pose["dx"] = (pose["dx"] - p0["dx"]) * travel_scale
         pose["dz"] = (pose["dz"] - p0["dz"]) * travel_scale
         ox, oy = scene.offset(t)

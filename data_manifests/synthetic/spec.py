@@ -38,13 +38,15 @@ class SyntheticSpec:
         self.distractors = (int(self.distractors[0]), int(self.distractors[1]))
         lo, hi = self.figure_scale
         if not 0.1 <= lo <= hi <= 1.2:
-            raise ValueError(f"SyntheticSpec.figure_scale must be (lo, hi) with 0.1 <= lo <= hi <= 1.2, got {self.figure_scale}")
+            raise ValueError(f"SyntheticSpec.figure_scale must be (lo, hi) with 0.1 <= lo <= hi <= 1.2, "
+                             f"got {self.figure_scale}")
         if not 0.0 <= self.max_yaw <= 90.0:
             raise ValueError(f"SyntheticSpec.max_yaw must be in [0, 90] degrees, got {self.max_yaw}")
         if not 0.25 <= self.limb_thickness <= 4.0:
             raise ValueError(f"SyntheticSpec.limb_thickness must be in [0.25, 4], got {self.limb_thickness}")
         if not 0 <= self.distractors[0] <= self.distractors[1]:
-            raise ValueError(f"SyntheticSpec.distractors must be (min, max) with 0 <= min <= max, got {self.distractors}")
+            raise ValueError(f"SyntheticSpec.distractors must be (min, max) with 0 <= min <= max, "
+                             f"got {self.distractors}")
         unknown = [c for c in self.classes if c not in ACTIONS]
         if unknown:
             raise ValueError(f"SyntheticSpec.classes: unknown action(s) {unknown}; known: {sorted(ACTIONS)}")

@@ -1,0 +1,295 @@
+"""Small, seek-friendly copies of a dataset's videos that keep every frame index (the ``transcode`` stage).
+
+Decoding is the pretraining loader's wall: one item decodes three windows of a 340×256 Kinetics
+clip forward from frame 0. The student never needs more than ~128 pixels on the short side (it
+trains on 112² crops), so a one-time copy at short side ``S`` in an intra-only format (MJPEG in
+AVI: every frame a keyframe, so :func:`data_manifests.video.read_frames` jumps straight to a
+window) makes every later epoch cheaper.
+
+The contract is the teacher cache's: frame ``i`` of the copy is frame ``i`` of the source. So the
+copy is made by decoding every frame of the source in order with the project's reader (never by
+timestamps) and writing exactly that many frames; the written file is decoded again and its count
+checked before it is renamed into place. Chosen by measurement (bench/loader.py ``--real``,
+bench/results/loader.json): FFmpeg's MJPEG through ``cv2.VideoWriter`` needs no new dependency,
+and the intra-only property is decidable from the file alone (its FOURCC), which a GOP codec's
+keyframe spacing is not. OpenCV's MPEG-4 part 2 writer makes files half the size, as fast to read
+if seeked, but it ignores the requested keyframe interval (a fixed GOP of 12), so the reader
+cannot tell such a file from a one-keyframe source and decodes it forward (about 1.6× the MJPEG
+read time per item on the Kinetics clips); it stays available (``codec = "mp4v"``) for users short
+of disk.
+
+Output, in the stage folder: ``videos/<source path>.avi`` (one per video, written to a temporary
+name, verified, renamed: the file's existence means done), ``failed/<index>.json`` per video
+that could not be copied (corrupt or changed since the manifest: reported, not fatal; the video
+is then read from its original), and, once every video is finished, a manifest of the copies
+(``manifest.jsonl``/``meta.json``: same ids, order, labels, splits and frame counts, so the clip
+plan and the teacher cache keys are unchanged) plus ``failed.jsonl`` and ``transcode.json``.
+Work splits by video like the teacher cache: job ``i`` of ``n`` owns videos ``i, i+n, …`` and
+rank ``r`` of ``W`` every ``W``-th of those; a rerun skips finished videos.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+
+from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_rejected, write_manifest
+from data_manifests.video import VideoDecodeError, open_video
+from pipeline.distributed import DistInfo
+from pipeline.fingerprint import atomic_write_text
+from pipeline.progress import Progress
+
+log = logging.getLogger("data_manifests")
+
+# codec name (config transcode.codec) -> (FOURCC, container suffix). mjpeg: every frame a keyframe, read
+# by seeking; mp4v (MPEG-4 part 2, GOP 12): about half the bytes, read forward like any GOP source.
+FORMATS = {"mjpeg": ("MJPG", ".avi"), "mp4v": ("mp4v", ".avi")}
+VIDEOS_DIR = "videos"
+FAILED_DIR = "failed"
+FAILED_FILE = "failed.jsonl"
+SUMMARY_FILE = "transcode.json"
+PARTIAL_MARK = ".partial"
+
+
+class TranscodeError(RuntimeError):
+    """One video could not be copied frame-exactly; names the file and what went wrong."""
+
+
+@dataclass(frozen=True)
+class TranscodeSpec:
+    """What a copy looks like: short side in pixels (never upscaled) and the codec."""
+
+    short_side: int = 128
+    codec: str = "mjpeg"
+
+    def __post_init__(self) -> None:
+        if self.codec not in FORMATS:
+            raise ValueError(f"transcode.codec: {self.codec!r} is not one of {', '.join(FORMATS)}")
+        if self.short_side < 16:
+            raise ValueError(f"transcode.short_side: {self.short_side} is below 16 pixels")
+
+
+def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) of the copy: the short side scaled to ``short_side`` (never up), both even
+    (4:2:0 chroma needs even sizes), the aspect ratio kept to within one pixel."""
+    scale = min(1.0, short_side / max(1, min(width, height)))
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def copy_relpath(entry: VideoEntry, codec: str) -> str:
+    """Where the copy of ``entry`` lives under ``videos/``: its source path plus the container
+    suffix (unique because source paths are); sources outside the root get a folder of their own."""
+    parts = [p for p in PurePosixPath(entry.path.replace("\\", "/")).parts if p not in ("", ".", "/")]
+    if not parts or ".." in parts or PurePosixPath(entry.path).is_absolute():
+        parts = ["_by_id", entry.id.replace("/", "_")]
+    return "/".join(parts) + FORMATS[codec][1]
+
+
+def _partial_path(dst: Path) -> Path:
+    # The suffix must stay the container's: FFmpeg picks the muxer from it.
+    return dst.with_name(f".{dst.stem}{PARTIAL_MARK}{dst.suffix}")
+
+
+def _count_decoded(path: Path) -> int:
+    with open_video(path, threads=1) as cap:
+        n = 0
+        while cap.grab():
+            n += 1
+        return n
+
+
+def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, expected_frames: int | None = None,
+                    fps: float = 0.0, threads: int | None = 1) -> dict[str, Any]:
+    """Copy every decodable frame of ``src``, in order, resized with INTER_AREA, into ``dst`` (atomic).
+
+    Raises TranscodeError (or VideoDecodeError) when the source does not decode ``expected_frames``
+    frames or the written file does not decode back to the same count; ``dst`` is then untouched.
+    """
+    src, dst = Path(src), Path(dst)
+    fourcc, _ = FORMATS[spec.codec]
+    tmp = _partial_path(dst)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    writer: cv2.VideoWriter | None = None
+    n, size = 0, (0, 0)
+    try:
+        with open_video(src, threads=threads) as cap:
+            rate = fps if 0 < fps <= 1000 else float(cap.get(cv2.CAP_PROP_FPS) or 0)
+            rate = rate if 0 < rate <= 1000 else 25.0  # any rate: frames are read by index, not time
+            while cap.grab():
+                ok, frame = cap.retrieve()
+                if not ok or frame is None or frame.ndim != 3:
+                    raise TranscodeError(f"{src}: frame {n} decoded but could not be retrieved")
+                if writer is None:
+                    size = output_size(frame.shape[1], frame.shape[0], spec.short_side)
+                    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), rate, size)
+                    if not writer.isOpened():
+                        raise TranscodeError(f"{tmp}: OpenCV/FFmpeg cannot write {spec.codec} to it")
+                if (frame.shape[1], frame.shape[0]) != size:
+                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+                writer.write(np.ascontiguousarray(frame))
+                n += 1
+        if writer is None:
+            raise TranscodeError(f"{src}: no frame decodes")
+        writer.release()
+        writer = None
+        if expected_frames is not None and n != expected_frames:
+            raise TranscodeError(f"{src}: {n} frames decode, the manifest says {expected_frames} (changed or "
+                                 f"damaged since the manifest was built? rebuild the manifest)")
+        back = _count_decoded(tmp)
+        if back != n:
+            raise TranscodeError(f"{tmp}: the copy decodes {back} frames, {n} were written")
+        nbytes = tmp.stat().st_size
+        os.replace(tmp, dst)
+    finally:
+        if writer is not None:
+            writer.release()
+        tmp.unlink(missing_ok=True)
+    return {"frames": n, "width": size[0], "height": size[1], "bytes": nbytes,
+            "source_bytes": src.stat().st_size, "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def assigned_videos(total: int, dist: DistInfo, shard_index: int | None = None,
+                    num_shards: int | None = None) -> list[int]:
+    """The manifest indices this process copies: the job's share (``i, i+n, …``), then every
+    ``world_size``-th of those from ``rank`` (the teacher cache's split, by video)."""
+    if (shard_index is None) != (num_shards is None):
+        raise ValueError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
+    mine = list(range(total))
+    if num_shards is not None:
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+        mine = mine[shard_index::num_shards]
+    return mine[dist.rank::dist.world_size]
+
+
+def _failed_path(out_dir: Path, index: int) -> Path:
+    return out_dir / FAILED_DIR / f"{index:08d}.json"
+
+
+def _is_finished(out_dir: Path, index: int, entry: VideoEntry, codec: str) -> bool:
+    return (out_dir / VIDEOS_DIR / copy_relpath(entry, codec)).is_file() or _failed_path(out_dir, index).is_file()
+
+
+def _copy_task(index: int, src: str, dst: str, spec: TranscodeSpec, frames: int, fps: float, entry_id: str,
+               rel: str, out_dir: str, in_worker: bool) -> dict[str, Any]:
+    """Copy one video; any failure is written as ``failed/<index>.json`` and returned, never raised."""
+    if in_worker:
+        cv2.setNumThreads(1)  # a fresh joblib (loky) process: the workers are the parallelism
+    try:
+        rec = transcode_video(src, dst, spec, expected_frames=frames, fps=fps, threads=1)
+        return {"index": index, "ok": True, **rec}
+    except (TranscodeError, VideoDecodeError, cv2.error, OSError) as exc:
+        err = {"index": index, "id": entry_id, "path": rel, "error": f"{type(exc).__name__}: {str(exc).strip()}"}
+        atomic_write_text(_failed_path(Path(out_dir), index), json.dumps(err, sort_keys=True) + "\n")
+        return {"index": index, "ok": False, "error": err["error"]}
+
+
+def _run_copies(manifest: Manifest, todo: list[int], out_dir: Path, spec: TranscodeSpec, workers: int,
+                progress: bool) -> list[dict[str, Any]]:
+    """Copy the ``todo`` videos (``workers`` joblib processes, or this one when <= 1)."""
+    def args(i: int, in_worker: bool) -> tuple:
+        e = manifest.entries[i]
+        dst = out_dir / VIDEOS_DIR / copy_relpath(e, spec.codec)
+        return (i, str(manifest.abspath(e)), str(dst), spec, e.frames, e.fps, e.id, e.path, str(out_dir), in_worker)
+
+    done: list[dict[str, Any]] = []
+    failed = 0
+    with Progress(len(todo), "transcode", "video", enabled=progress) as bar:
+        if workers <= 1 or len(todo) <= 1:
+            results = (_copy_task(*args(i, False)) for i in todo)
+        else:
+            from joblib import Parallel, delayed
+
+            results = Parallel(n_jobs=workers, return_as="generator_unordered")(
+                delayed(_copy_task)(*args(i, True)) for i in todo)
+        for rec in results:
+            done.append(rec)
+            failed += not rec["ok"]
+            bar.update(1, postfix=f"failed {failed}")
+    return done
+
+
+def copies_manifest(manifest: Manifest, out_dir: Path, final_dir: Path,
+                    spec: TranscodeSpec) -> tuple[Manifest, list[dict]]:
+    """The manifest of the copies (rooted at ``final_dir/videos``) and the failure records; a failed
+    video keeps its original (absolute path, size) so that every entry stays readable."""
+    entries, failures = [], []
+    for i, e in enumerate(manifest.entries):
+        fp = _failed_path(out_dir, i)
+        if fp.is_file():
+            failures.append(json.loads(fp.read_text(encoding="utf-8")))
+            entries.append(replace(e, path=str(manifest.abspath(e).resolve())))
+            continue
+        w, h = output_size(e.width, e.height, spec.short_side)
+        entries.append(replace(e, path=copy_relpath(e, spec.codec), width=w, height=h))
+    return Manifest(manifest.dataset, Path(final_dir) / VIDEOS_DIR, list(manifest.classes), entries), failures
+
+
+def _finish(manifest_dir: Path, manifest: Manifest, out_dir: Path, final_dir: Path, spec: TranscodeSpec,
+            summary: dict[str, Any]) -> dict[str, Any]:
+    """Every video is finished: write the copies' manifest, failed.jsonl and transcode.json."""
+    copies, failures = copies_manifest(manifest, out_dir, final_dir, spec)
+    write_manifest(out_dir, copies, load_rejected(manifest_dir))
+    atomic_write_text(out_dir / FAILED_FILE, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+    for tmp in (out_dir / VIDEOS_DIR).rglob(f"*{PARTIAL_MARK}*"):
+        tmp.unlink(missing_ok=True)
+    ok = [e for e, c in zip(manifest.entries, copies.entries) if not Path(c.path).is_absolute()]
+    copy_bytes = sum((out_dir / VIDEOS_DIR / c.path).stat().st_size for c in copies.entries
+                     if not Path(c.path).is_absolute())
+    src_bytes = sum(manifest.abspath(e).stat().st_size for e in ok if manifest.abspath(e).is_file())
+    hours = sum(e.frames / e.fps for e in ok if e.fps > 0) / 3600
+    summary.update(complete=True, failed=len(failures), copied=len(ok), bytes=copy_bytes, source_bytes=src_bytes,
+                   bytes_per_video=round(copy_bytes / max(1, len(ok))),
+                   bytes_per_hour=round(copy_bytes / hours) if hours > 0 else None,
+                   size_ratio_to_source=round(copy_bytes / src_bytes, 3) if src_bytes else None)
+    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps({"spec": asdict(spec), **summary}, indent=1,
+                                                         sort_keys=True) + "\n")
+    return summary
+
+
+def build_transcode(manifest_dir: Path, out_dir: Path, spec: TranscodeSpec, *, dist: DistInfo,
+                    final_dir: Path | None = None, workers: int = 1, shard_index: int | None = None,
+                    num_shards: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Copy this process's share of the manifest's videos into ``out_dir``; returns a JSON-able summary.
+
+    ``final_dir`` is where ``out_dir`` will be renamed to (the stage folder), recorded as the
+    copies' root. ``complete`` is False while other jobs' videos are missing; the call that
+    finds every video finished (on rank 0; the caller synchronises ranks) writes the manifest.
+    """
+    from pipeline import distributed
+
+    out_dir = Path(out_dir)
+    final_dir = Path(final_dir or out_dir)
+    manifest = load_manifest(manifest_dir)
+    mine = assigned_videos(len(manifest.entries), dist, shard_index, num_shards)
+    todo = [i for i in mine if not _is_finished(out_dir, i, manifest.entries[i], spec.codec)]
+    log.info("transcode: %d videos; this process owns %d, %d to copy", len(manifest.entries), len(mine), len(todo))
+    t0 = time.perf_counter()
+    done = _run_copies(manifest, todo, out_dir, spec, workers, progress and dist.is_main)
+    seconds = time.perf_counter() - t0
+    gathered = distributed.all_gather_objects((len(done), sum(r.get("frames", 0) for r in done), seconds))
+    distributed.barrier()
+    copied_now = sum(g[0] for g in gathered)
+    t_all = max(g[2] for g in gathered)
+    summary: dict[str, Any] = {
+        "videos": len(manifest.entries), "copied_now": copied_now, "frames_now": sum(g[1] for g in gathered),
+        "seconds_now": round(t_all, 3), "videos_per_s": round(copied_now / t_all, 3) if t_all > 0 else 0.0,
+        "short_side": spec.short_side, "codec": spec.codec,
+    }
+    missing = [i for i, e in enumerate(manifest.entries) if not _is_finished(out_dir, i, e, spec.codec)]
+    if missing:
+        log.info("transcode: %d of %d videos still missing (e.g. %s); run the remaining jobs, then transcode "
+                 "once more to finish", len(missing), len(manifest.entries), manifest.entries[missing[0]].path)
+        summary.update(complete=False, videos_missing=len(missing))
+        return summary
+    if dist.is_main:
+        summary = _finish(Path(manifest_dir), manifest, out_dir, final_dir, spec, summary)
+    return summary

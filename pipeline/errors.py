@@ -1,0 +1,121 @@
+"""The one base class for errors a user can cause and fix (a leaf module: it imports nothing of ours).
+
+Anything derived from :class:`UserError` (a bad config value, a missing or corrupt input file, a
+mismatched checkpoint, too little data for a batch) is printed by the CLI as one line, naming the
+file or key and what to do, without a traceback (``-v`` shows it). Everything else is a bug and
+keeps its traceback.
+
+:func:`user_message` is the single place that decides whether an exception is the user's to fix
+and turns it into that line. It also sees through the two wrappers a user error can arrive in:
+a DataLoader worker re-raises its exception with the worker's whole traceback as the message
+(or as a ``RuntimeError`` when the type cannot be rebuilt from one string), and the operating
+system reports a full disk, a file-size limit or a read-only folder as a plain ``OSError``.
+"""
+from __future__ import annotations
+
+import errno
+import re
+
+# errno values that describe the user's environment (space, permissions), not a bug.
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+_WORKER_MARK = "Original Traceback (most recent call last):"
+_LAST_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<msg>.*))?$")
+
+
+class UserError(Exception):
+    """An error caused by the user's input or environment, with an actionable one-line message."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write failed for lack of space (or a file-size / quota limit); names the file."""
+
+
+class NonFiniteError(UserError, ArithmeticError):
+    """Training produced a non-finite loss (NaN or inf); names the stage, step and the checkpoint kept."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC / EFBIG / EDQUOT, also when a library only put the reason in the message
+    (HDF5: "errno = 28", "No space left"; torch.save: "unexpected pos" after a short write)."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left", "File too large", "errno = 28", "errno = 27",
+                                   "Disk quota exceeded", "unexpected pos"))
+
+
+def disk_full_error(path: object, exc: BaseException, what: str = "writing") -> DiskFullError:
+    """The one-line error for a failed write: names the file, says "no space left", says how to go on."""
+    return DiskFullError(f"{path}: no space left on device (or file-size limit reached) while {what}; "
+                         f"free space (or raise `ulimit -f`) and rerun the same command to resume")
+
+
+def all_user_error_names() -> set[str]:
+    """Class names of every :class:`UserError` subclass imported so far (for wrapped worker errors)."""
+    names, todo = set(), [UserError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def unwrap_worker_message(text: str) -> tuple[str, str] | None:
+    """(type name, message) of the original exception inside a DataLoader worker's wrapped message."""
+    if _WORKER_MARK not in text:
+        return None
+    lines = [ln for ln in text.rsplit(_WORKER_MARK, 1)[1].splitlines() if ln.strip()]
+    # The exception line(s) follow the last frame's "  File ..." line and its indented source line.
+    tail: list[str] = []
+    for ln in reversed(lines):
+        if ln.startswith((" ", "\t")):
+            break
+        tail.append(ln)
+    if not tail:
+        return None
+    first, *rest = list(reversed(tail))
+    m = _LAST_LINE.match(first.strip())
+    if m is None:
+        return None
+    msg = " ".join([m.group("msg") or "", *[r.strip() for r in rest]]).strip()
+    return m.group("type").rsplit(".", 1)[-1], msg
+
+
+def _os_message(exc: OSError) -> str | None:
+    name = exc.filename if exc.filename is not None else ""
+    if is_disk_full(exc):
+        return str(exc) if isinstance(exc, DiskFullError) else _one_line(str(disk_full_error(name or "a file", exc)))
+    if exc.errno in _NO_ACCESS:
+        return f"{name}: cannot write or read here ({exc.strerror}); use a folder you can write to " \
+               f"(e.g. --work-dir) or fix its permissions"
+    if exc.errno in _NOT_FOUND and name:
+        return f"{name}: {exc.strerror}"
+    return None
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one line to print for an error the user can fix, or None for a bug (keep the traceback)."""
+    text = str(exc)
+    wrapped = unwrap_worker_message(text)
+    if wrapped is not None:
+        type_name, msg = wrapped
+        known = all_user_error_names() | {"FileNotFoundError", "PermissionError", "IsADirectoryError"}
+        if type_name in known or isinstance(exc, UserError):
+            return _one_line(f"{msg} (in a data-loading worker)")
+        if is_disk_full(exc):
+            return _one_line(f"{msg} (no space left on device)")
+        return None
+    if isinstance(exc, UserError):
+        return _one_line(text) or type(exc).__name__
+    if isinstance(exc, OSError):
+        msg = _os_message(exc)
+        return _one_line(msg) if msg else None
+    if isinstance(exc, UnicodeDecodeError):
+        return None  # a bug unless a caller turned it into a UserError naming the file
+    return None

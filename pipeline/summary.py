@@ -1,0 +1,108 @@
+"""Short human summaries of a finished stage, printed as the last lines of its command.
+
+Each stage's ``stage.json`` already holds a machine-readable summary; people want three lines:
+what was built and where, the counts and the time it took, and the headline figure (maps written,
+final losses, top-1 / top-5, R@k). ``--json`` keeps the machine-readable form instead. Works from
+the record alone, so it also summarises a stage that was already done (nothing rebuilt).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * float(value):.1f}%" if isinstance(value, (int, float)) else "?"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{float(value):.{digits}f}" if isinstance(value, (int, float)) else "?"
+
+
+def _synthetic(s: dict[str, Any]) -> list[str]:
+    return [f"{s.get('videos', '?')} videos of {len(s.get('classes', []))} classes, {s.get('frames', '?')} frames each"]
+
+
+def _manifest(s: dict[str, Any]) -> list[str]:
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(s.get("per_split", {}).items()))
+    line = f"{s.get('videos', '?')} usable videos ({splits}), {s.get('classes', '?')} classes"
+    rejected = s.get("rejected", 0)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.get("rejected_by_reason", {}).items()))
+    return [line, f"rejected {rejected}" + (f" ({reasons}; see rejected.jsonl)" if rejected else "")]
+
+
+def _teacher_cache(s: dict[str, Any]) -> list[str]:
+    return [f"{s.get('clips_computed', s.get('clips', '?'))} teacher maps written ({s.get('teacher', '?')} teacher, "
+            f"{s.get('labels', '?')} labels, {s.get('map_size', '?')}² maps) in {s.get('shards', '?')} shards; "
+            f"failed {s.get('failed', 0)}",
+            f"{_num(s.get('clips_per_s'), 1)} clips/s"]
+
+
+def _transcode(s: dict[str, Any]) -> list[str]:
+    return [f"{s.get('videos', '?')} videos copied" + (f", {s['failed']} failed" if s.get("failed") else "")]
+
+
+def _pretrain(s: dict[str, Any]) -> list[str]:
+    final = s.get("final", {})
+    losses = ", ".join(f"{k.replace('loss_', '')} {_num(v)}" for k, v in sorted(final.items()) if k.startswith("loss_"))
+    return [f"{s.get('epochs', '?')} epochs, {s.get('steps', '?')} steps on {s.get('videos', '?')} videos "
+            f"({s.get('clips', '?')} clips), global batch {s.get('global_batch', '?')}, {s.get('device', '?')}",
+            f"final loss {_num(final.get('loss'))}" + (f" ({losses})" if losses else "")
+            + f"; {_num(s.get('clips_per_s'), 2)} clips/s; encoder in student.pt (pipeline export writes it for "
+              f"other codebases)"]
+
+
+def _finetune(s: dict[str, Any]) -> list[str]:
+    proto = s.get("protocol", {})
+    return [f"{s.get('epochs', '?')} epochs ({proto.get('name', '?')} protocol, lr {proto.get('lr', '?')}, batch "
+            f"{proto.get('batch_size', '?')}) on {s.get('num_train', '?')} train videos, {s.get('num_classes', '?')} "
+            f"classes" + (", from scratch" if s.get("from_scratch") else ", from the pretrained student"),
+            f"final train loss {_num(s.get('final_train_loss'))}; kept epoch {s.get('selected_epoch', '?')} "
+            f"(selected on {s.get('selected_on', '?')}); classifier.pt"]
+
+
+def _evaluate(s: dict[str, Any]) -> list[str]:
+    line = (f"{s.get('num_videos', s.get('videos', '?'))} {s.get('split', 'test')} videos x "
+            f"{s.get('views_per_video', '?')} views: video-level top-1 {_pct(s.get('video_top1'))}, "
+            f"top-5 {_pct(s.get('video_top5'))}")
+    return [line, f"clip-level top-1 {_pct(s.get('clip_top1'))}, top-5 {_pct(s.get('clip_top5'))}; "
+                  f"mean class accuracy {_pct(s.get('mean_class_accuracy'))}"
+            + ("; epoch chosen on the test split" if s.get("test_selected") else "")]
+
+
+def _retrieval(s: dict[str, Any]) -> list[str]:
+    recall = s.get("recall", {})
+    ks = sorted(recall, key=lambda k: int(k.split("@")[1]))
+    return [f"{s.get('num_queries', '?')} test videos query {s.get('num_gallery', '?')} train videos "
+            f"({s.get('dataset', '?')}, {s.get('clips', '?')} clips each, {s.get('distance', 'cosine')})",
+            " ".join(f"{k} {_pct(recall[k])}" for k in ks)]
+
+
+def _linear_probe(s: dict[str, Any]) -> list[str]:
+    return [f"logistic regression on frozen {s.get('feature_dim', '?')}-d features: {s.get('num_train', '?')} train, "
+            f"{s.get('num_test', '?')} test videos, {s.get('num_classes', '?')} classes",
+            f"video-level top-1 {_pct(s.get('top1'))}, top-5 {_pct(s.get('top5'))} "
+            f"(train top-1 {_pct(s.get('train_top1'))})"]
+
+
+SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "synthetic": _synthetic, "manifest": _manifest, "teacher-cache": _teacher_cache, "transcode": _transcode,
+    "pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate, "retrieval": _retrieval,
+    "linear-probe": _linear_probe,
+}
+
+
+def summary_lines(record: dict[str, Any], out: Path) -> list[str]:
+    """The human summary of a stage record (``stage.json``): a title line, then indented details."""
+    stage, name = record.get("stage", "?"), record.get("name", "?")
+    build_s = record.get("timings", {}).get("build_s")
+    head = f"{stage} {name}: {out}" + (f" (built in {float(build_s):.1f} s)" if build_s is not None else "")
+    summary = record.get("summary") or {}
+    try:
+        body = SUMMARIES.get(stage, lambda s: [])(summary)
+    except (TypeError, ValueError, KeyError, AttributeError):  # an older record: never fail a finished stage
+        body = []
+    return [head] + [f"  {line}" for line in body]
+
+
+__all__ = ["SUMMARIES", "summary_lines"]

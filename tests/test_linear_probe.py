@@ -1,0 +1,102 @@
+"""Linear probe on frozen features, and the splits × seeds sweep: the maths on constructed data,
+then both commands on the tiny synthetic demo."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.sweep import Run, aggregate, run_overrides, run_sweep, table_lines
+from student.linear_probe import fit_logistic, standardise
+from tiny_pipeline import invoke, pretrained_work
+
+
+def _blobs(n: int, classes: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g, dtype=torch.float64) * 4
+    y = torch.arange(n) % classes
+    return centres[y] + torch.randn(n, dim, generator=g, dtype=torch.float64), y
+
+
+def test_logistic_regression_separates_blobs_and_is_deterministic():
+    x, y = _blobs(120, 4, 6, 0)
+    xt, yt = _blobs(40, 4, 6, 0)  # same centres, new noise
+    x, xt = standardise(x, xt)
+    layer, fit = fit_logistic(x, y, 4, weight_decay=1e-3, max_iter=200)
+    again, _ = fit_logistic(x, y, 4, weight_decay=1e-3, max_iter=200)
+    assert torch.equal(layer.weight, again.weight)  # zero init, full batch: no seed involved
+    assert (layer(xt).argmax(1) == yt).double().mean() > 0.95
+    assert fit["iterations"] > 1 and fit["train_loss"] < 0.2
+    # the L2 penalty is applied: a strong one shrinks the weights
+    strong, _ = fit_logistic(x, y, 4, weight_decay=10.0, max_iter=200)
+    assert strong.weight.norm() < 0.5 * layer.weight.norm()
+
+
+def test_standardise_uses_train_statistics_only():
+    train = torch.tensor([[0.0, 5.0], [2.0, 5.0]], dtype=torch.float64)
+    test = torch.tensor([[4.0, 7.0]], dtype=torch.float64)
+    a, b = standardise(train, test)
+    assert torch.allclose(a.mean(0), torch.zeros(2, dtype=torch.float64))
+    assert b.tolist() == [[3.0, 2.0]]  # constant train column: std 1, not a division by zero
+
+
+def test_aggregate_mean_and_sample_std():
+    runs = [Run(1, 0, 0.5, 0.9, ""), Run(1, 1, 0.7, 1.0, ""), Run(2, 0, 0.6, 0.8, "")]
+    per_split, overall = aggregate(runs)
+    assert per_split[1]["top1_mean"] == pytest.approx(0.6) and per_split[1]["top1_std"] == pytest.approx(0.141421, 1e-4)
+    assert per_split[2]["top1_std"] == 0.0 and overall["runs"] == 3
+    assert overall["top1_mean"] == pytest.approx(0.6) and overall["top1_std"] == pytest.approx(0.1)
+
+
+def test_finetune_sweep_reads_video_level_evaluate_results(tmp_path: Path):
+    """Each (split, seed) gets its own config; the evaluate stage's VIDEO-level numbers are used."""
+    seen = []
+
+    def fake_build(cfg, stage):
+        seen.append((stage.kind, cfg.dataset("hmdb51").split, cfg.finetune.seed))
+        out = tmp_path / f"{len(seen)}"
+        out.mkdir()
+        (out / "stage.json").write_text(json.dumps({"stage": "evaluate", "name": "x", "summary": {
+            "video_top1": 0.25 * cfg.finetune.seed, "video_top5": 1.0, "clip_top1": 0.0}}))
+        return out
+
+    result = run_sweep(lambda extra: load_config(None, extra), tmp_path, "finetune", "hmdb51", [1, 3], [0, 2],
+                       None, fake_build)
+    assert seen == [("evaluate", 1, 0), ("evaluate", 1, 2), ("evaluate", 3, 0), ("evaluate", 3, 2)]
+    assert result.overall["top1_mean"] == pytest.approx(0.25) and result.seed_key == "finetune.seed"
+    assert "| all | 4 | 25.0 ± 28.9 | 100.0 ± 0.0 |" in table_lines(result)
+    assert run_overrides("linear-probe", "ucf101", 2, "pretrain.seed", 7) == [
+        'linear_probe.dataset="ucf101"', "datasets.ucf101.split=2", "pretrain.seed=7"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return pretrained_work(tmp_path_factory)
+
+
+def test_linear_probe_command_on_the_synthetic_demo(work: Path):
+    out = invoke(work, "linear-probe", "--dataset", "hmdb51", "--build-upstream").output
+    (folder,) = [p for p in (work / "linear-probe" / "hmdb51-split1").iterdir() if (p / "stage.json").is_file()]
+    res = json.loads((folder / "linear_probe.json").read_text())
+    assert (res["num_train"], res["num_test"], res["num_classes"]) == (20, 10, 10)
+    assert res["feature_dim"] == 2 * 64 and res["level"].startswith("video")  # [z_h || z_c] at width 0.125
+    assert 0.0 <= res["top1"] <= res["top5"] <= 1.0 and res["train_top1"] > 0.5
+    preds = (folder / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 10
+    assert f"video-level top-1 {100 * res['top1']:.1f}%" in out.splitlines()[-1]
+
+
+def test_sweep_over_three_splits_and_two_seeds(work: Path):
+    out = invoke(work, "sweep", "--protocol", "linear-probe", "--dataset", "hmdb51", "--splits", "1", "--splits", "2",
+                 "--splits", "3", "--seeds", "0", "--seeds", "1").output
+    data = json.loads((work / "sweeps" / "linear-probe-hmdb51.json").read_text())
+    assert [(r["split"], r["seed"]) for r in data["runs"]] == [(s, e) for s in (1, 2, 3) for e in (0, 1)]
+    assert data["seed_key"] == "pretrain.seed" and data["level"] == "video"
+    assert len({r["path"] for r in data["runs"]}) == 6  # every (split, seed) its own stage output
+    assert set(data["per_split"]) == {"1", "2", "3"} and data["overall"]["runs"] == 6
+    lines = out.splitlines()
+    assert lines[-1].startswith("| all | 6 | ") and "±" in lines[-1]
+    assert sum(line.startswith(("| 1 |", "| 2 |", "| 3 |")) for line in lines) == 3

@@ -1,0 +1,63 @@
+"""Every stage command ends with a short human summary (not a JSON dump); ``--json`` keeps the
+machine-readable form."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.summary import SUMMARIES, summary_lines
+from tiny_pipeline import invoke, pretrained_work
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return pretrained_work(tmp_path_factory)
+
+
+def _tail(output: str, n: int) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()][-n:]
+
+
+def test_finetune_ends_with_readable_summaries(work: Path):
+    out = invoke(work, "finetune", "--dataset", "hmdb51", "--build-upstream").output
+    assert "{" not in out.split("finetune hmdb51-split1:")[-1].split("|")[0]  # no JSON dump after the path
+    assert "final train loss" in out and "kept epoch 1" in out
+    summary = [line for line in out.splitlines() if line.startswith("  ") and "video-level top-1" in line]
+    assert summary, out
+    tail = _tail(out, 6)
+    assert any("hmdb51" in line and "|" in line for line in tail)  # the results row closes the command
+
+
+def test_retrieval_on_hmdb51_ends_with_recall_line(work: Path):
+    out = invoke(work, "retrieval", "--dataset", "hmdb51", "--build-upstream").output
+    head, body = _tail(out, 3)[0], _tail(out, 2)
+    assert head.startswith("retrieval hmdb51-split1: ") and "built in" in head
+    assert "test videos query" in body[0] and "hmdb51" in body[0]
+    assert body[1].startswith("  R@1 ") and "R@5" in body[1] and "%" in body[1]
+    assert "{" not in out
+
+
+def test_json_flag_keeps_the_machine_readable_summary(work: Path):
+    out = invoke(work, "retrieval", "--dataset", "hmdb51", "--json").output  # already built: reused
+    text = out[out.index("{"):]
+    assert set(json.loads(text)["recall"]) >= {"R@1", "R@5"}
+
+
+@pytest.mark.parametrize("kind", sorted(SUMMARIES))
+def test_every_kind_survives_an_empty_or_old_record(kind: str):
+    lines = summary_lines({"stage": kind, "name": "x", "summary": {}, "timings": {"build_s": 1.25}}, Path("/w"))
+    assert lines[0] == f"{kind} x: /w (built in 1.2 s)"
+    assert all("None" not in line for line in lines)
+
+
+def test_pretrain_and_teacher_headlines():
+    pre = summary_lines({"stage": "pretrain", "name": "k", "summary": {
+        "epochs": 2, "steps": 10, "videos": 5, "clips": 9, "global_batch": 4, "device": "cpu", "clips_per_s": 3.2,
+        "final": {"loss": 1.5, "loss_kd": 0.75, "loss_rsp": 0.5}}}, Path("/p"))
+    assert "final loss 1.500 (kd 0.750, rsp 0.500)" in pre[2]
+    tc = summary_lines({"stage": "teacher-cache", "name": "k", "summary": {
+        "clips_computed": 40, "teacher": "schp", "labels": "lip", "map_size": 64, "shards": 3, "failed": 0}},
+        Path("/t"))
+    assert tc[1].startswith("  40 teacher maps written (schp teacher")
