@@ -249,7 +249,9 @@ def main() -> None:
                   f"focus {focus}  ({wall:.0f} s)", flush=True)
             write(complete=False)
 
-    jobs = [(seed, name) for seed in seeds for name in args.variants]
+    # the paper's comparison (full vs scratch) first in each seed, so a partial run already answers it
+    order = sorted(args.variants, key=lambda v: ("full", "scratch", "wo_kd", "kd_only", "ti").index(v))
+    jobs = [(seed, name) for seed in seeds for name in order]
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
         list(pool.map(one, jobs))
     runs.sort(key=lambda r: (r["seed"], args.variants.index(r["variant"])))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.errors import UserError
+from pipeline.files import atomic_write_text
 
 SPLITS = ("train", "val", "test", "unused")
 REJECT_REASONS = ("missing", "undecodable", "zero_frames", "too_short", "not_a_video")
@@ -97,19 +98,6 @@ class Manifest:
         return {s: c.get(s, 0) for s in SPLITS}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _jsonl(records: Iterable[dict[str, Any]]) -> str:
     # ensure_ascii keeps undecodable file-name bytes (surrogate escapes) round-trippable.
     return "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records)
@@ -139,8 +127,8 @@ def write_manifest(out_dir: str | Path, manifest: Manifest, rejected: list[dict]
             raise ValueError(f"rejected record {r!r} needs id, path and a reason in {REJECT_REASONS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / MANIFEST_FILE, _jsonl(asdict(e) for e in manifest.entries))
-    _atomic_write_text(out / REJECTED_FILE, _jsonl(rejected))
+    atomic_write_text(out / MANIFEST_FILE, _jsonl(asdict(e) for e in manifest.entries), newline="\n")
+    atomic_write_text(out / REJECTED_FILE, _jsonl(rejected), newline="\n")
     reasons = Counter(r["reason"] for r in rejected)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -155,7 +143,7 @@ def write_manifest(out_dir: str | Path, manifest: Manifest, rejected: list[dict]
             "rejected_per_reason": {k: reasons.get(k, 0) for k in REJECT_REASONS},
         },
     }
-    _atomic_write_text(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=True) + "\n")
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=True) + "\n", newline="\n")
 
 
 def _read_jsonl(path: Path) -> list[dict]:

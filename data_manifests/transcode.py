@@ -43,7 +43,7 @@ import numpy as np
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_rejected, write_manifest
 from data_manifests.video import VideoDecodeError, open_video
 from pipeline.distributed import DistInfo
-from pipeline.fingerprint import atomic_write_text
+from pipeline.files import atomic_write_text
 from pipeline.progress import Progress
 
 log = logging.getLogger("data_manifests")
@@ -105,6 +105,17 @@ def _count_decoded(path: Path) -> int:
         return n
 
 
+def _open_writer(tmp: Path, frame: np.ndarray, spec: TranscodeSpec,
+                 rate: float) -> tuple[cv2.VideoWriter, tuple[int, int]]:
+    """The copy's writer, sized from the first frame (``output_size``: short side, aspect kept)."""
+    size = output_size(frame.shape[1], frame.shape[0], spec.short_side)
+    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FORMATS[spec.codec][0]), rate, size)
+    if not writer.isOpened():
+        writer.release()
+        raise TranscodeError(f"{tmp}: OpenCV/FFmpeg cannot write {spec.codec} to it")
+    return writer, size
+
+
 def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, expected_frames: int | None = None,
                     fps: float = 0.0, threads: int | None = 1) -> dict[str, Any]:
     """Copy every decodable frame of ``src``, in order, resized with INTER_AREA, into ``dst`` (atomic).
@@ -113,7 +124,6 @@ def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, ex
     frames or the written file does not decode back to the same count; ``dst`` is then untouched.
     """
     src, dst = Path(src), Path(dst)
-    fourcc, _ = FORMATS[spec.codec]
     tmp = _partial_path(dst)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -128,10 +138,7 @@ def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, ex
                 if not ok or frame is None or frame.ndim != 3:
                     raise TranscodeError(f"{src}: frame {n} decoded but could not be retrieved")
                 if writer is None:
-                    size = output_size(frame.shape[1], frame.shape[0], spec.short_side)
-                    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), rate, size)
-                    if not writer.isOpened():
-                        raise TranscodeError(f"{tmp}: OpenCV/FFmpeg cannot write {spec.codec} to it")
+                    writer, size = _open_writer(tmp, frame, spec, rate)
                 if (frame.shape[1], frame.shape[0]) != size:
                     frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
                 writer.write(np.ascontiguousarray(frame))

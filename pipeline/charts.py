@@ -13,6 +13,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from pipeline.files import atomic_write_bytes
+
 COLOURS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140),
            (194, 119, 227), (127, 127, 127)]  # BGR: tab10
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -120,7 +122,5 @@ def write_png(path: Path, image: np.ndarray) -> Path:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"could not encode {path} as PNG")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.tobytes())
     return path

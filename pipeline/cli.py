@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from pipeline import distributed
-from pipeline.config import Config, _toml_value, default_toml_text, dump_toml, load_config
+from pipeline.config import Config, default_toml_text, dump_toml, load_config, toml_value
 from pipeline.errors import user_message
 from pipeline.stage import Stage, run_stage, stage_status, verify_stage
 from pipeline.stages import StageGraph
@@ -36,7 +36,7 @@ class Session:
     def config(self, **extra: Any) -> Config:
         """The validated config with this command's own options applied as ``--set`` overrides."""
         items = list(self.overrides)
-        items += [f"{k}={_toml_value(v)}" for k, v in extra.items() if v is not None]
+        items += [f"{k}={toml_value(v)}" for k, v in extra.items() if v is not None]
         return load_config(self.config_file, items)
 
     def graph(self, cfg: Config) -> StageGraph:
@@ -237,7 +237,7 @@ def synthetic(ctx: click.Context, force: bool, build_upstream: bool, dry_run: bo
     cfg = _config_or_fail(session)
     out = build(session, cfg, session.graph(cfg).synthetic(), force=force, dry_run=dry_run)
     if out:
-        click.echo(str(out))
+        _print_summary(out)
 
 
 @main.command(context_settings=CONTEXT)

@@ -20,7 +20,8 @@ PACKAGES = ("pipeline", "teacher", "student", "data_manifests")
 # (Config values that change outputs enter the fingerprint as values, not as config.py's source.)
 EXECUTION_ONLY = frozenset({
     "pipeline", "pipeline.cli", "pipeline.stages", "pipeline.stage", "pipeline.progress", "pipeline.config",
-    "pipeline.fingerprint", "pipeline.errors", "pipeline.code_digest", "pipeline.results", "pipeline.tools",
+    "pipeline.fingerprint", "pipeline.files", "pipeline.errors", "pipeline.code_digest", "pipeline.results",
+    "pipeline.tools",
 })
 
 

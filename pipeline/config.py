@@ -465,20 +465,21 @@ def dump_toml(cfg: Config) -> str:
         if section == "datasets":
             for name, table in values.items():
                 lines.append(f"[datasets.{name}]")
-                lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+                lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
                 lines.append("")
             continue
         lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """``v`` written as a TOML value (``dump_toml``, and ``--set key=value`` strings the CLI rebuilds)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return repr(v)

@@ -164,6 +164,4 @@ def report_for_run(work: Path, cfg: Any, stages: Sequence[Any]) -> list[Path]:
     except Exception as exc:  # a report is a convenience: never turn a finished run into a failure
         log.warning("run report: could not draw the pictures (%s: %s)", type(exc).__name__, exc)
         return []
-    for path in written:
-        log.info("picture: %s", path)
     return written

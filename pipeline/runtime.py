@@ -124,9 +124,9 @@ def deterministic_mode(enabled: bool, device: str | torch.device) -> Iterator[No
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
 
 
-def wrap_ddp(module: nn.Module, device: str | torch.device, **kwargs: Any) -> nn.Module:
-    """``module`` in DistributedDataParallel when the job is distributed (this rank's GPU, or CPU/gloo)."""
-    if not is_distributed():
+def wrap_ddp(module: nn.Module, dist: DistInfo, device: str | torch.device, **kwargs: Any) -> nn.Module:
+    """``module`` in DistributedDataParallel when ``dist`` spans several ranks (this rank's GPU, or CPU/gloo)."""
+    if not dist.distributed:
         return module
     dev = torch.device(device)
     return nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,

@@ -19,6 +19,11 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{float(value):.{digits}f}" if isinstance(value, (int, float)) else "?"
 
 
+def _n(count: Any, word: str) -> str:
+    """``1 epoch`` / ``8 epochs`` / ``? epochs``."""
+    return f"{count} {word}" if count == 1 else f"{count if count is not None else '?'} {word}s"
+
+
 def _synthetic(s: dict[str, Any]) -> list[str]:
     return [f"{s.get('videos', '?')} videos of {len(s.get('classes', []))} classes, {s.get('frames', '?')} frames each"]
 
@@ -45,7 +50,7 @@ def _transcode(s: dict[str, Any]) -> list[str]:
 def _pretrain(s: dict[str, Any]) -> list[str]:
     final = s.get("final", {})
     losses = ", ".join(f"{k.replace('loss_', '')} {_num(v)}" for k, v in sorted(final.items()) if k.startswith("loss_"))
-    return [f"{s.get('epochs', '?')} epochs, {s.get('steps', '?')} steps on {s.get('videos', '?')} videos "
+    return [f"{_n(s.get('epochs'), 'epoch')}, {_n(s.get('steps'), 'step')} on {s.get('videos', '?')} videos "
             f"({s.get('clips', '?')} clips), global batch {s.get('global_batch', '?')}, {s.get('device', '?')}",
             f"final loss {_num(final.get('loss'))}" + (f" ({losses})" if losses else "")
             + f"; {_num(s.get('clips_per_s'), 2)} clips/s; encoder in student.pt (pipeline export writes it for "
@@ -54,7 +59,7 @@ def _pretrain(s: dict[str, Any]) -> list[str]:
 
 def _finetune(s: dict[str, Any]) -> list[str]:
     proto = s.get("protocol", {})
-    return [f"{s.get('epochs', '?')} epochs ({proto.get('name', '?')} protocol, lr {proto.get('lr', '?')}, batch "
+    return [f"{_n(s.get('epochs'), 'epoch')} ({proto.get('name', '?')} protocol, lr {proto.get('lr', '?')}, batch "
             f"{proto.get('batch_size', '?')}) on {s.get('num_train', '?')} train videos, {s.get('num_classes', '?')} "
             f"classes" + (", from scratch" if s.get("from_scratch") else ", from the pretrained student"),
             f"final train loss {_num(s.get('final_train_loss'))}; kept epoch {s.get('selected_epoch', '?')} "

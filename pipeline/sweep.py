@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.config import Config, ConfigError, _toml_value
+from pipeline.config import Config, ConfigError, toml_value
 from pipeline.stages import StageGraph
 
 PROTOCOLS = ("finetune", "linear-probe")
@@ -71,7 +71,7 @@ def aggregate(runs: Sequence[Run]) -> tuple[dict[int, dict[str, float]], dict[st
 def run_overrides(protocol: str, dataset: str, split: int, seed_key: str, seed: int) -> list[str]:
     """The ``--set`` items that make one (split, seed) run of ``protocol``."""
     section = "finetune" if protocol == "finetune" else "linear_probe"
-    return [f"{section}.dataset={_toml_value(dataset)}", f"datasets.{dataset}.split={split}", f"{seed_key}={seed}"]
+    return [f"{section}.dataset={toml_value(dataset)}", f"datasets.{dataset}.split={split}", f"{seed_key}={seed}"]
 
 
 def run_sweep(make_config: Callable[[list[str]], Config], work: Path, protocol: str, dataset: str,

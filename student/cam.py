@@ -87,7 +87,7 @@ def class_activation_maps(classifier_path: Path | str, video_paths: Sequence[Pat
 
     ``clip_len`` / ``input_size`` default to the values stored in classifier.pt.
     """
-    from student.finetune import load_classifier
+    from student.artifacts import load_classifier
 
     model, info = load_classifier(Path(classifier_path), device)
     clip_len = int(clip_len or info["clip_len"])

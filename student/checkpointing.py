@@ -12,7 +12,6 @@ rerun to resume".
 """
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
@@ -24,7 +23,9 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from pipeline.distributed import is_distributed
 from pipeline.errors import NonFiniteError, UserError, disk_full_error, is_disk_full
+from pipeline.files import atomic_path
 
 
 class TrainingInterrupted(RuntimeError):
@@ -120,31 +121,13 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
     if bad is not None:
         raise NonFiniteError(f"{path}: not saved: {bad} holds NaN or inf (training diverged); the previous "
                              f"checkpoint, if any, is the last finite state. Lower the learning rate, then rerun")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         if is_disk_full(exc):
             raise disk_full_error(path, exc, "saving a checkpoint") from exc
         raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
     return path
 
 
@@ -209,7 +192,7 @@ class GracefulStop:
         under NCCL pass ``torch.distributed.new_group(backend="gloo")``), which also avoids a GPU
         synchronisation every step.
         """
-        if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        if not is_distributed() or tdist.get_world_size() == 1:
             return self.requested
         flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
         tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=group)

@@ -30,10 +30,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
-from pipeline.distributed import DistInfo, all_gather_objects, resolve_device
+from pipeline.distributed import DistInfo, all_gather_objects
 from pipeline.errors import UserError
 from pipeline.lifetime import DieWithParent
 from pipeline.progress import Progress
+from pipeline.runtime import stage_device
+from student.artifacts import load_classifier
 from student.confusion_png import write_confusion_csv, write_confusion_png
 from student.finetune_data import ViewChunks
 from student.metrics import (confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy,
@@ -210,8 +212,6 @@ def evaluate(manifest_dir: Path, finetune_dir: Path, out_dir: Path, cfg: Any, *,
     and returns the metrics (keys video_top1, video_top5, clip_top1, clip_top5, num_videos,
     per_class, ...; accuracies are fractions in [0, 1]).
     """
-    from student.finetune import load_classifier  # late: finetune imports this module
-
     out_dir = Path(out_dir)
     manifest = load_manifest(Path(manifest_dir))
     entries = manifest.by_split(split)
@@ -221,7 +221,7 @@ def evaluate(manifest_dir: Path, finetune_dir: Path, out_dir: Path, cfg: Any, *,
     if unlabelled:
         raise EvaluationError(f"manifest {manifest_dir}: {len(unlabelled)} {split!r} videos have no valid label "
                               f"(first: {unlabelled[:3]}); cannot score them")
-    device = dist.device if cfg.device == "auto" else resolve_device(cfg.device, dist.local_rank)
+    device = stage_device(cfg.device, dist)
     model, info = load_classifier(Path(finetune_dir) / "classifier.pt", device)
     if list(info["classes"]) != list(manifest.classes):
         raise EvaluationError(f"{finetune_dir}/classifier.pt was trained on classes {info['classes'][:5]}... "

@@ -49,10 +49,10 @@ class ExportResult:
 
 def student_from_file(path: Path) -> tuple[MultiTaskStudent, dict[str, Any]]:
     """The pretrained student of a ``student.pt`` (encoders loaded strictly, heads too) and its metadata."""
-    from student.finetune import _student_kwargs, read_pretrained_file
+    from student.artifacts import pretrained_student, read_pretrained_file
 
     ckpt = read_pretrained_file(Path(path))
-    student = MultiTaskStudent(**_student_kwargs(ckpt["model_config"], ckpt.get("num_parts", 7)))
+    student = pretrained_student(ckpt)
     try:
         load_encoders(student, ckpt)
     except ValueError as err:
@@ -80,16 +80,23 @@ def branch_backbone(student: MultiTaskStudent, branch: str) -> dict[str, torch.T
     return out
 
 
-def export_state(student: MultiTaskStudent, meta: dict[str, Any], layout: str, branch: str) -> dict[str, Any]:
-    """The object to save for ``layout`` / ``branch`` (raises ExportError with the reason when impossible)."""
+def export_state(student: MultiTaskStudent, meta: dict[str, Any], layout: str, branch: str | None) -> dict[str, Any]:
+    """The object to save for ``layout`` / ``branch`` (raises ExportError with the reason when impossible).
+
+    ``branch`` None: ``both`` for the student layout; a backbone layout then asks for one.
+    """
     if layout not in LAYOUTS:
         raise ExportError(f"export --layout {layout}: unknown layout; choose one of {', '.join(LAYOUTS)}")
-    if branch not in BRANCHES:
+    if branch is not None and branch not in BRANCHES:
         raise ExportError(f"export --branch {branch}: choose one of {', '.join(BRANCHES)}")
     name, width = student.f_l.backbone, float(student.f_l.width)
     why = refusal(layout, name, width)
     if why is not None:
         raise ExportError(f"export --layout {layout}: {why}")
+    if branch is None and layout != "student":
+        raise ExportError(f"export --layout {layout} writes one backbone: pass --branch human (f_l + h_h) or "
+                          f"--branch contrastive (f_l + h_c)")
+    branch = branch or "both"
     if layout == "student":
         if branch != "both":
             raise ExportError(f"export --layout student holds the whole [z_h || z_c] encoder; for one branch "
@@ -107,12 +114,15 @@ def export_state(student: MultiTaskStudent, meta: dict[str, Any], layout: str, b
     return torchvision_state(backbone)
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
+def _named_tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     if isinstance(obj, torch.Tensor):
-        return [obj]
+        return [(prefix, obj)]
     if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
+        return [item for k, v in obj.items() for item in _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
     return []
+
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _sha256(path: Path) -> str:
@@ -126,12 +136,12 @@ def _sha256(path: Path) -> str:
 def export_checkpoint(source: Path, out: Path, layout: str, branch: str | None = None) -> ExportResult:
     """Read a pretrained ``student.pt`` and write ``out`` in ``layout`` (branch default: ``both`` for the
     student layout; a backbone layout needs ``human`` or ``contrastive``)."""
-    branch = branch or ("both" if layout == "student" else "")
     student, meta = student_from_file(Path(source))
     state = export_state(student, meta, layout, branch)
+    branch = branch or "both"
     save_checkpoint(Path(out), state)
-    tensors = _tensors(state)
-    params = sum(t.numel() for t in tensors if t.is_floating_point())
+    tensors = _named_tensors(state)
+    params = sum(t.numel() for k, t in tensors if not k.endswith(_BUFFERS))  # learnt weights, not BN statistics
     name, width = student.f_l.backbone, float(student.f_l.width)
     notes = []
     if layout == "torchvision":

@@ -92,7 +92,7 @@ def human_focus_of_split(manifest_dir: Path, classifier_path: Path, split: str =
     """:func:`human_focus` of a finetuned classifier over a manifest's ``split`` videos, or None
     when those videos carry no part masks (real data: nothing to measure against)."""
     from data_manifests.manifest import load_manifest
-    from student.finetune import load_classifier
+    from student.artifacts import load_classifier
 
     manifest = load_manifest(manifest_dir)
     videos = [manifest.abspath(e) for e in manifest.entries if e.split == split]

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from data_manifests.manifest import VideoEntry, load_manifest
-from pipeline.distributed import DistInfo, resolve_device
+from pipeline.distributed import DistInfo
 from pipeline.errors import UserError
-from student.finetune import resolve_clip_len
+from pipeline.runtime import stage_device
+from student.artifacts import resolve_clip_len
 from student.metrics import topk_accuracy, topk_indices
 from student.retrieval import gather_features, load_student, video_features
 
@@ -93,7 +94,7 @@ def linear_probe(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any
     train, test = manifest.by_split("train"), manifest.by_split("test")
     _labelled(manifest_dir, "train", train)
     _labelled(manifest_dir, "test", test)
-    device = dist.device if cfg.device == "auto" else resolve_device(cfg.device, dist.local_rank)
+    device = stage_device(cfg.device, dist)
     student, meta = load_student(Path(pretrain_dir), device)
     clip_len, clip_len_from = resolve_clip_len(clip_len, meta, Path(pretrain_dir))
     input_size = int(meta["model_config"].get("input_size", 112))

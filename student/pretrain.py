@@ -19,9 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,13 +27,14 @@ from typing import Any, Callable
 import torch
 import torch.distributed as tdist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import load_manifest
 from pipeline.config import ClipsConfig, ModelConfig, PretrainConfig
-from pipeline.distributed import DistInfo, all_gather_objects, barrier, resolve_device
+from pipeline.distributed import DistInfo, all_gather_objects, barrier, is_distributed
 from pipeline.progress import MetricsLog, Progress
+from pipeline.runtime import (all_reduce_mean, autocast, deterministic_mode, resolve_amp, stage_device,
+                              stop_flag_group, wrap_ddp)
 from student.checkpointing import (CheckpointError, GracefulStop, TrainingInterrupted, capture_rng,
                                    load_checkpoint, non_finite_loss, restore_rng, save_checkpoint)
 from student.optim import build_sgd, cosine_schedule, current_lr, scaled_lr
@@ -78,18 +77,9 @@ def seed_all(seed: int) -> None:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``pretrain.amp`` on ``device`` (None: full precision)."""
-    if amp == "off":
-        return None
-    if device.type != "cuda":
-        if amp == "auto":
-            return None
-        if amp == "fp16":
-            raise ValueError("pretrain.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
-        return torch.bfloat16
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if amp == "fp16" else torch.bfloat16
+    """The autocast dtype for ``pretrain.amp`` on ``device`` (None: full precision); one meaning in
+    every stage (:func:`pipeline.runtime.resolve_amp`)."""
+    return resolve_amp(amp, device, key="pretrain.amp")
 
 
 def clip_memory_format(device: torch.device, dtype: torch.dtype | None) -> torch.memory_format:
@@ -154,7 +144,7 @@ def _bn_buffers(module: nn.Module) -> list[torch.Tensor]:
 
 def average_bn_stats(module: nn.Module) -> None:
     """Average BN running statistics over ranks (see the module docstring)."""
-    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+    if not is_distributed() or tdist.get_world_size() == 1:
         return
     world = tdist.get_world_size()
     with torch.no_grad():
@@ -193,7 +183,7 @@ def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], 
 
 
 # --------------------------------------------------------------------------------------------
-# The loop
+# The loop: set-up (data, model), resume, one epoch at a time, save
 # --------------------------------------------------------------------------------------------
 
 def pretrain(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, model: ModelConfig, cfg: PretrainConfig,
@@ -205,227 +195,305 @@ def pretrain(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, model: M
     SIGINT arrives. ``on_step`` is called after every optimizer step (tests use it).
     """
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    device = torch.device(dist.device if cfg.device == "auto" else resolve_device(cfg.device, dist.local_rank))
-
-    prev_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    prev_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # the current device is the one whose RNG state checkpoints carry
-    try:
-        return _run(manifest_dir, cache_dir, out_dir, ckpt_path, model, cfg, clips, dist, device, on_step)
-    finally:
-        torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev_cudnn
+    device = torch.device(stage_device(cfg.device, dist))
+    with deterministic_mode(cfg.deterministic, device):
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # the current device is the one whose RNG state checkpoints carry
+        data = _load_data(manifest_dir, cache_dir, model, cfg, clips, dist, device)
+        net = _build(model, cfg, data, dist, device)
+        loop = _Loop(data, net, model, cfg, dist, device, out_dir, _config_dict(model, cfg, clips), on_step)
+        loop.run()
+        return loop.finish()
 
 
-def _run(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, ckpt_path: Path, model: ModelConfig,
-         cfg: PretrainConfig, clips: ClipsConfig, dist: DistInfo, device: torch.device,
-         on_step: Callable[[StepInfo], None] | None) -> dict:
-    rank, world = dist.rank, dist.world_size
+@dataclass
+class _Data:
+    """The clip plan, its dataset and loader, and the step counts they give."""
 
-    # ---- data ---------------------------------------------------------------------------------
+    manifest: Any
+    plan: list
+    dataset: PretrainClipDataset
+    loader: Any
+    sampler: Any
+    spe: int  # steps per epoch
+    total_steps: int
+    label_names: list[str]
+    dropped: int  # clips of the plan without a teacher map
+
+
+def _with_teacher_maps(plan: list, cache_dir: Path | None, cfg: PretrainConfig, dist: DistInfo,
+                       dataset_name: str) -> tuple[list, Any, list[str], int]:
+    """(clips that have a teacher map, the cache, its label names, clips dropped) for ``model.kd``."""
+    if cache_dir is None:
+        raise ValueError("model.kd is on but no teacher cache was given (run `pipeline teacher-cache`, "
+                         "or set model.kd = false)")
+    from teacher.cache_reader import TeacherCache
+
+    cache = TeacherCache(cache_dir)
+    kept = clips_with_maps(plan, cache, cfg.max_missing_maps)  # refuses when a shard is gone
+    dropped = len(plan) - len(kept)
+    if not kept:
+        raise ValueError(f"teacher cache {cache_dir} has no map for any clip of the {dataset_name} clip plan "
+                         f"({len(plan)} clips): was it built from this manifest and clip settings?")
+    if dropped and dist.is_main:
+        log.warning("pretrain: %d of %d clips have no teacher map (their frames failed to decode in the "
+                    "teacher-cache stage; see its failed.jsonl) and are skipped", dropped, len(plan))
+    return kept, cache, cache.labels, dropped
+
+
+def _load_data(manifest_dir: Path, cache_dir: Path | None, model: ModelConfig, cfg: PretrainConfig,
+               clips: ClipsConfig, dist: DistInfo, device: torch.device) -> _Data:
     manifest = load_manifest(manifest_dir)
     plan = build_clip_plan(manifest, clips.anchors_per_video, clips.span, clips.splits)
-    cache = None
-    label_names: list[str] = []
-    dropped = 0
+    cache, label_names, dropped = None, [], 0
     if model.kd:
-        if cache_dir is None:
-            raise ValueError("model.kd is on but no teacher cache was given (run `pipeline teacher-cache`, "
-                             "or set model.kd = false)")
-        from teacher.cache_reader import TeacherCache
-
-        cache = TeacherCache(cache_dir)
-        label_names = cache.labels
-        kept = clips_with_maps(plan, cache, cfg.max_missing_maps)  # refuses when a shard is gone
-        dropped = len(plan) - len(kept)
-        if not kept:
-            raise ValueError(f"teacher cache {cache_dir} has no map for any clip of the {manifest.dataset} clip plan "
-                             f"({len(plan)} clips): was it built from this manifest and clip settings?")
-        if dropped and dist.is_main:
-            log.warning("pretrain: %d of %d clips have no teacher map (their frames failed to decode in the "
-                        "teacher-cache stage; see its failed.jsonl) and are skipped", dropped, len(plan))
-        plan = kept
-    num_parts = len(label_names)
+        plan, cache, label_names, dropped = _with_teacher_maps(plan, cache_dir, cfg, dist, manifest.dataset)
     dataset = PretrainClipDataset(manifest, plan, cache, model, clips, crop_area=cfg.crop_area, seed=cfg.seed,
                                   augment_device=cfg.augment_device)
-    loader, sampler = build_pretrain_loader(dataset, cfg.batch_size, cfg.workers, rank=rank, world_size=world,
-                                            seed=cfg.seed, pin_memory=device.type == "cuda")
+    loader, sampler = build_pretrain_loader(dataset, cfg.batch_size, cfg.workers, rank=dist.rank,
+                                            world_size=dist.world_size, seed=cfg.seed,
+                                            pin_memory=device.type == "cuda")
     spe = steps_per_epoch(sampler, cfg.batch_size)
     if cfg.max_steps_per_epoch > 0:
         spe = min(spe, cfg.max_steps_per_epoch)
-    total_steps = spe * cfg.epochs
+    return _Data(manifest, plan, dataset, loader, sampler, spe, spe * cfg.epochs, label_names, dropped)
 
-    # ---- model, optimizer, schedule -------------------------------------------------------------
+
+@dataclass
+class _Net:
+    """The model and everything that updates it."""
+
+    pm: PretrainModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None  # autocast dtype; None: float32
+    memory_format: torch.memory_format
+    base_lr: float
+    global_batch: int
+
+
+def _build(model: ModelConfig, cfg: PretrainConfig, data: _Data, dist: DistInfo, device: torch.device) -> _Net:
     seed_all(cfg.seed)  # identical initial weights and queue on every rank
-    global_batch = cfg.batch_size * world
-    pm = build_pretrain_model(model, cfg, num_parts, global_batch)
+    global_batch = cfg.batch_size * dist.world_size
+    pm = build_pretrain_model(model, cfg, len(data.label_names), global_batch)
     if dist.is_main:
-        warn_queue_size(pm.queue.size, len(dataset), cfg.exclude_same_video)
+        warn_queue_size(pm.queue.size, len(data.dataset), cfg.exclude_same_video)
     if cfg.init_from:
         init_from_checkpoint(pm, cfg.init_from)
     pm.to(device)
     base_lr = scaled_lr(cfg.lr, global_batch)
     optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay)
-    scheduler = cosine_schedule(optimizer, total_steps)
+    scheduler = cosine_schedule(optimizer, data.total_steps)
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     memory_format = clip_memory_format(device, dtype)
     to_memory_format(pm, memory_format)
-    seed_all(cfg.seed + rank)  # per-rank training stream (shuffle-BN permutations, ...)
+    seed_all(cfg.seed + dist.rank)  # per-rank training stream (shuffle-BN permutations, ...)
+    return _Net(pm, optimizer, scheduler, scaler, dtype, memory_format, base_lr, global_batch)
 
-    config = _config_dict(model, cfg, clips)
-    start_epoch, start_step, global_step = 0, 0, 0
-    resumed_from = None
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location="cpu")
-        _check_resumable(state, ckpt_path, config, world, spe)
-        pm.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
-        global_step = int(state["global_step"])
-        restore_rng(state["rng"][rank])
-        resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
-        if dist.is_main:
-            log.info("pretrain: resuming from %s at epoch %d, step %d", ckpt_path.name, start_epoch, start_step)
 
-    net: nn.Module = pm
-    if dist.distributed:
-        net = DistributedDataParallel(pm, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)
-    stop_group = tdist.new_group(backend="gloo") if dist.distributed and device.type == "cuda" else None
+def _maybe_resume(net: _Net, ckpt_path: Path, config: dict[str, Any], dist: DistInfo,
+                  spe: int) -> tuple[int, int, int, dict[str, int] | None]:
+    """(epoch, step in epoch, global step, resumed_from) after loading ``ckpt_path`` if it exists."""
+    if not ckpt_path.is_file():
+        return 0, 0, 0, None
+    state = load_checkpoint(ckpt_path, map_location="cpu")
+    _check_resumable(state, ckpt_path, config, dist.world_size, spe)
+    net.pm.load_state_dict(state["model"])
+    net.optimizer.load_state_dict(state["optimizer"])
+    net.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        net.scaler.load_state_dict(state["scaler"])
+    epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
+    global_step = int(state["global_step"])
+    restore_rng(state["rng"][dist.rank])
+    if dist.is_main:
+        log.info("pretrain: resuming from %s at epoch %d, step %d", ckpt_path.name, epoch, step)
+    return epoch, step, global_step, {"epoch": epoch, "step_in_epoch": step, "global_step": global_step}
 
-    def save(epoch: int, step_in_epoch: int) -> None:
-        if step_in_epoch >= spe:
+
+class MetricWindow:
+    """Sums of :data:`METRIC_KEYS` over the current log window and the current epoch, kept on the
+    device (no host sync per step) and averaged over ranks only when logged."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.window = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=device)
+        self.epoch = torch.zeros_like(self.window)
+        self.window_steps = self.epoch_steps = 0
+        self.t_window = time.perf_counter()
+
+    def add(self, out: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            vec = torch.stack([out[k].detach().double() for k in METRIC_KEYS])
+        self.window += vec
+        self.epoch += vec
+        self.window_steps += 1
+        self.epoch_steps += 1
+
+    def new_epoch(self) -> None:
+        self.epoch.zero_()
+        self.epoch_steps = 0
+
+    def window_means(self) -> list[float]:
+        return all_reduce_mean(self.window / self.window_steps)
+
+    def epoch_means(self) -> dict[str, float]:
+        return dict(zip(METRIC_KEYS, all_reduce_mean(self.epoch / self.epoch_steps)))
+
+    def reset_window(self, now: float) -> None:
+        self.window.zero_()
+        self.window_steps, self.t_window = 0, now
+
+
+def _amp_name(dtype: torch.dtype | None) -> str:
+    return str(dtype).replace("torch.", "") if dtype else "off"
+
+
+class _Loop:
+    """One pretraining run from its resume point: epochs of steps, metrics, checkpoints, student.pt."""
+
+    def __init__(self, data: _Data, net: _Net, model: ModelConfig, cfg: PretrainConfig, dist: DistInfo,
+                 device: torch.device, out_dir: Path, config: dict[str, Any],
+                 on_step: Callable[[StepInfo], None] | None) -> None:
+        self.data, self.net, self.model, self.cfg, self.dist, self.device = data, net, model, cfg, dist, device
+        self.out_dir, self.config, self.on_step = out_dir, config, on_step
+        self.ckpt_path = out_dir / "checkpoints" / "last.pt"
+        self.start_epoch, self.start_step, self.global_step, self.resumed_from = _maybe_resume(
+            net, self.ckpt_path, config, dist, data.spe)
+        self.ddp = wrap_ddp(net.pm, dist, device, broadcast_buffers=False)
+        self.stop_group = stop_flag_group(dist, device)
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=dist.is_main)
+        self.bar = Progress(data.total_steps - self.global_step, "pretrain", "step", enabled=dist.is_main)
+        self.sums = MetricWindow(device)
+        self.t_start = self.sums.t_window
+        self.steps_run = 0
+        self.last_epoch_means: dict[str, float] = {}
+
+    def save(self, epoch: int, step_in_epoch: int) -> None:
+        """checkpoints/last.pt (rank 0), with every rank's RNG states and rank-averaged BN statistics."""
+        if step_in_epoch >= self.data.spe:
             epoch, step_in_epoch = epoch + 1, 0
-        average_bn_stats(pm)
+        net = self.net
+        average_bn_stats(net.pm)
         rngs = all_gather_objects(capture_rng())
-        if dist.is_main:
-            save_checkpoint(ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "kind": "pretrain", "model": pm.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
-                "global_step": global_step, "steps_per_epoch": spe, "world_size": world, "rng": rngs,
-                "config": config, "num_parts": num_parts, "label_names": label_names,
+        if self.dist.is_main:
+            save_checkpoint(self.ckpt_path, {
+                "format": CHECKPOINT_FORMAT, "kind": "pretrain", "model": net.pm.state_dict(),
+                "optimizer": net.optimizer.state_dict(), "scheduler": net.scheduler.state_dict(),
+                "scaler": net.scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
+                "global_step": self.global_step, "steps_per_epoch": self.data.spe,
+                "world_size": self.dist.world_size, "rng": rngs, "config": self.config,
+                "num_parts": len(self.data.label_names), "label_names": self.data.label_names,
             })
         barrier()
 
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=dist.is_main)
-    bar = Progress(total_steps - global_step, "pretrain", "step", enabled=dist.is_main)
-    window = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=device)
-    epoch_sum = torch.zeros_like(window)
-    window_steps, epoch_steps = 0, 0
-    t_window = t_start = time.perf_counter()
-    steps_run = 0
-    last_epoch_means: dict[str, float] = {}
-    if dist.is_main:
-        metrics.write(event="start", epoch=start_epoch, step=global_step, total_steps=total_steps,
-                      steps_per_epoch=spe, videos=len(dataset), clips_skipped=dropped, world_size=world,
-                      global_batch=global_batch, lr=base_lr, device=str(device), queue_size=pm.queue.size,
-                      amp=str(dtype).replace("torch.", "") if dtype else "off", resumed=resumed_from is not None)
+    def run(self) -> None:
+        data, dist = self.data, self.dist
+        if dist.is_main:
+            self.metrics.write(event="start", epoch=self.start_epoch, step=self.global_step,
+                               total_steps=data.total_steps, steps_per_epoch=data.spe, videos=len(data.dataset),
+                               clips_skipped=data.dropped, world_size=dist.world_size,
+                               global_batch=self.net.global_batch, lr=self.net.base_lr, device=str(self.device),
+                               queue_size=self.net.pm.queue.size, amp=_amp_name(self.net.dtype),
+                               resumed=self.resumed_from is not None)
+        self.ddp.train()
+        try:
+            with GracefulStop() as stop:
+                for epoch in range(self.start_epoch, self.cfg.epochs):
+                    self.train_epoch(epoch, self.start_step if epoch == self.start_epoch else 0, stop)
+                    self.end_epoch(epoch)
+        finally:
+            self.bar.close()
+            self.metrics.close()
+            shutdown_workers(data.loader)
 
-    net.train()
-    try:
-        with GracefulStop() as stop:
-            for epoch in range(start_epoch, cfg.epochs):
-                first = start_step if epoch == start_epoch else 0
-                sampler.set_epoch(epoch, start=first * cfg.batch_size)
-                batches = iter(loader)
-                epoch_sum.zero_()
-                epoch_steps = 0
-                for step in range(first, spe):
-                    batch = next(batches)
-                    query, key_pos, key_neg = batch_clips(batch, device, cfg.augment_device, memory_format)
-                    target = batch["target"].to(device, non_blocking=True) if model.kd else None
-                    with autocast():
-                        out = net(query, key_pos, key_neg, target, batch["video_index"].to(device))
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(out["loss"]).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    global_step += 1
-                    steps_run += 1
-                    with torch.no_grad():
-                        vec = torch.stack([out[k].detach().double() for k in METRIC_KEYS])
-                    window += vec
-                    epoch_sum += vec
-                    window_steps += 1
-                    epoch_steps += 1
+    def train_epoch(self, epoch: int, first: int, stop: GracefulStop) -> None:
+        """Steps ``first`` .. steps_per_epoch - 1 of ``epoch``; saves and raises when a stop is agreed."""
+        self.data.sampler.set_epoch(epoch, start=first * self.cfg.batch_size)
+        batches = iter(self.data.loader)
+        self.sums.new_epoch()
+        for step in range(first, self.data.spe):
+            self.sums.add(self.train_step(next(batches)))
+            if self.global_step % self.cfg.log_interval == 0 or step + 1 == self.data.spe:
+                self.log_window(epoch)
+            if self.on_step is not None:
+                self.on_step(StepInfo(epoch, step + 1, self.global_step, self.net.pm, stop))
+            if stop.agreed(self.stop_group):
+                self.interrupt(epoch, step + 1, stop)
 
-                    if global_step % cfg.log_interval == 0 or step + 1 == spe:
-                        means = _reduce_mean(window / window_steps)
-                        if not all(math.isfinite(v) for v in means):  # agreed: means are all-reduced
-                            raise non_finite_loss("pretrain", epoch, global_step, ckpt_path)
-                        now = time.perf_counter()
-                        rate = window_steps * global_batch / max(now - t_window, 1e-9)
-                        lr_now = current_lr(optimizer)
-                        record = {k: round(v, 6) for k, v in zip(METRIC_KEYS, means)}
-                        if dist.is_main:
-                            metrics.write(event="step", epoch=epoch, step=global_step, lr=lr_now,
-                                          clips_per_s=round(rate, 3), **record)
-                        bar.update(window_steps, postfix=f"ep {epoch} loss {record['loss']:.3f} "
-                                                         f"kd {record['loss_kd']:.3f} rsp {record['loss_rsp']:.3f} "
-                                                         f"avid {record['loss_avid']:.3f} lr {lr_now:.2e} "
-                                                         f"{rate:.1f} clip/s")
-                        window.zero_()
-                        window_steps, t_window = 0, now
+    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimizer step on one batch; the model's outputs (losses and accuracies)."""
+        net, device = self.net, self.device
+        query, key_pos, key_neg = batch_clips(batch, device, self.cfg.augment_device, net.memory_format)
+        target = batch["target"].to(device, non_blocking=True) if self.model.kd else None
+        with autocast(device, net.dtype):
+            out = self.ddp(query, key_pos, key_neg, target, batch["video_index"].to(device))
+        net.optimizer.zero_grad(set_to_none=True)
+        net.scaler.scale(out["loss"]).backward()
+        net.scaler.step(net.optimizer)
+        net.scaler.update()
+        net.scheduler.step()
+        self.global_step += 1
+        self.steps_run += 1
+        return out
 
-                    if on_step is not None:
-                        on_step(StepInfo(epoch, step + 1, global_step, pm, stop))
-                    if stop.agreed(stop_group):
-                        if window_steps:
-                            bar.update(window_steps)
-                        save(epoch, step + 1)
-                        if dist.is_main:
-                            metrics.write(event="interrupted", epoch=epoch, step=global_step, signal=stop.signal_name)
-                        raise TrainingInterrupted(stop.signal_name, ckpt_path, epoch, global_step)
-                if epoch_steps:
-                    last_epoch_means = dict(zip(METRIC_KEYS, _reduce_mean(epoch_sum / epoch_steps)))
-                    if dist.is_main:
-                        metrics.write(event="epoch", epoch=epoch, step=global_step, lr=current_lr(optimizer),
-                                      **{k: round(v, 6) for k, v in last_epoch_means.items()})
-                save(epoch, spe)
-    finally:
-        bar.close()
-        metrics.close()
-        shutdown_workers(loader)
+    def log_window(self, epoch: int) -> None:
+        """Rank-averaged means of the window: a non-finite loss stops every rank; else a metrics record."""
+        means = self.sums.window_means()
+        if not all(math.isfinite(v) for v in means):  # agreed: means are all-reduced
+            raise non_finite_loss("pretrain", epoch, self.global_step, self.ckpt_path)
+        now = time.perf_counter()
+        rate = self.sums.window_steps * self.net.global_batch / max(now - self.sums.t_window, 1e-9)
+        lr_now = current_lr(self.net.optimizer)
+        record = {k: round(v, 6) for k, v in zip(METRIC_KEYS, means)}
+        if self.dist.is_main:
+            self.metrics.write(event="step", epoch=epoch, step=self.global_step, lr=lr_now,
+                               clips_per_s=round(rate, 3), **record)
+        self.bar.update(self.sums.window_steps, postfix=f"ep {epoch} loss {record['loss']:.3f} "
+                                                        f"kd {record['loss_kd']:.3f} rsp {record['loss_rsp']:.3f} "
+                                                        f"avid {record['loss_avid']:.3f} lr {lr_now:.2e} "
+                                                        f"{rate:.1f} clip/s")
+        self.sums.reset_window(now)
 
-    elapsed = time.perf_counter() - t_start
-    clips_per_s = steps_run * global_batch / elapsed if steps_run else 0.0
-    student_path = out_dir / "student.pt"
-    if dist.is_main:
-        save_checkpoint(student_path, {
-            "model_config": dataclasses.asdict(model), "num_parts": num_parts, "label_names": label_names,
-            "state_dict": pm.student.state_dict(), "epochs": cfg.epochs, "global_step": global_step,
-        })
-    barrier()
-    return {
-        "epochs": cfg.epochs, "steps": global_step, "steps_per_epoch": spe, "steps_this_run": steps_run,
-        "videos": len(dataset), "clips": len(plan), "clips_skipped": dropped, "world_size": world,
-        "global_batch": global_batch, "lr": base_lr, "device": device.type,
-        "amp": str(dtype).replace("torch.", "") if dtype else "off",
-        "clips_per_s": round(clips_per_s, 3), "final": {k: round(v, 6) for k, v in last_epoch_means.items()},
-        "resumed_from": resumed_from, "num_parts": num_parts, "label_names": label_names,
-    }
+    def interrupt(self, epoch: int, step_in_epoch: int, stop: GracefulStop) -> None:
+        """Save at this step boundary, record why, and raise TrainingInterrupted."""
+        if self.sums.window_steps:
+            self.bar.update(self.sums.window_steps)
+        self.save(epoch, step_in_epoch)
+        if self.dist.is_main:
+            self.metrics.write(event="interrupted", epoch=epoch, step=self.global_step, signal=stop.signal_name)
+        raise TrainingInterrupted(stop.signal_name, self.ckpt_path, epoch, self.global_step)
 
+    def end_epoch(self, epoch: int) -> None:
+        if self.sums.epoch_steps:
+            self.last_epoch_means = self.sums.epoch_means()
+            if self.dist.is_main:
+                self.metrics.write(event="epoch", epoch=epoch, step=self.global_step,
+                                   lr=current_lr(self.net.optimizer),
+                                   **{k: round(v, 6) for k, v in self.last_epoch_means.items()})
+        self.save(epoch, self.data.spe)
 
-def _reduce_mean(vec: torch.Tensor) -> list[float]:
-    """Average a metric vector over ranks (one all-reduce at log time), as floats."""
-    if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
-        vec = vec.clone()
-        tdist.all_reduce(vec, op=tdist.ReduceOp.SUM)
-        vec /= tdist.get_world_size()
-    return [float(v) for v in vec.cpu()]
+    def finish(self) -> dict[str, Any]:
+        """Write student.pt (rank 0) and return the stage summary."""
+        data, net, dist = self.data, self.net, self.dist
+        elapsed = time.perf_counter() - self.t_start
+        clips_per_s = self.steps_run * net.global_batch / elapsed if self.steps_run else 0.0
+        num_parts = len(data.label_names)
+        if dist.is_main:
+            save_checkpoint(self.out_dir / "student.pt", {
+                "model_config": dataclasses.asdict(self.model), "num_parts": num_parts,
+                "label_names": data.label_names, "state_dict": net.pm.student.state_dict(),
+                "epochs": self.cfg.epochs, "global_step": self.global_step,
+            })
+        barrier()
+        return {
+            "epochs": self.cfg.epochs, "steps": self.global_step, "steps_per_epoch": data.spe,
+            "steps_this_run": self.steps_run, "videos": len(data.dataset), "clips": len(data.plan),
+            "clips_skipped": data.dropped, "world_size": dist.world_size, "global_batch": net.global_batch,
+            "lr": net.base_lr, "device": self.device.type, "amp": _amp_name(net.dtype),
+            "clips_per_s": round(clips_per_s, 3),
+            "final": {k: round(v, 6) for k, v in self.last_epoch_means.items()},
+            "resumed_from": self.resumed_from, "num_parts": num_parts, "label_names": data.label_names,
+        }
 

@@ -20,12 +20,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
-from pipeline.distributed import DistInfo, all_gather_objects, resolve_device
+from pipeline.distributed import DistInfo, all_gather_objects
 from pipeline.errors import UserError
 from pipeline.lifetime import DieWithParent
 from pipeline.progress import Progress
+from pipeline.runtime import stage_device
 from student.evaluate import inference_autocast
-from student.finetune import read_pretrained_file, resolve_clip_len, _student_kwargs
+from student.artifacts import pretrained_student, read_pretrained_file, resolve_clip_len
 from student.finetune_data import ViewChunks
 from student.metrics import recall_at_k
 from student.model import MultiTaskStudent, load_encoders
@@ -82,7 +83,7 @@ def gather_features(local: dict[int, np.ndarray], entries: Sequence[VideoEntry],
 def load_student(pretrain_dir: Path, device: str) -> tuple[MultiTaskStudent, dict[str, Any]]:
     """The pretrained student (encoders loaded strictly) and its checkpoint metadata."""
     ckpt = read_pretrained_file(Path(pretrain_dir) / "student.pt")
-    student = MultiTaskStudent(**_student_kwargs(ckpt["model_config"], ckpt.get("num_parts", 7)))
+    student = pretrained_student(ckpt)
     try:
         load_encoders(student, ckpt)
     except ValueError as err:
@@ -106,7 +107,7 @@ def retrieval(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any, *
         bad = [e.id for e in entries if e.label < 0]
         if bad:
             raise RetrievalError(f"manifest {manifest_dir}: {len(bad)} {what} videos have no label (first: {bad[:3]})")
-    device = dist.device if cfg.device == "auto" else resolve_device(cfg.device, dist.local_rank)
+    device = stage_device(cfg.device, dist)
     student, meta = load_student(Path(pretrain_dir), device)
     clip_len, clip_len_from = resolve_clip_len(clip_len, meta, Path(pretrain_dir))
     input_size = int(meta["model_config"].get("input_size", 112))

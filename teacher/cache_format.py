@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import DiskFullError, UserError, disk_full_error, is_disk_full
+from pipeline.files import replace_durably
 
 FORMAT_VERSION = 1
 SUM_TOLERANCE = 1e-2  # per-pixel |sum_c p - 1| allowed for a valid row (float16 storage)
@@ -309,9 +310,7 @@ def shard_is_current(path: str | Path, fingerprint: str, expected_ids: Sequence[
 def finalize_shard(tmp: str | Path, final: str | Path, *, expected_ids: Sequence[str], fingerprint: str) -> None:
     """Fully verify a freshly written temporary shard, then rename it into place atomically."""
     verify_shard(tmp, expected_ids=expected_ids, fingerprint=fingerprint, full=True)
-    with open(tmp, "rb") as fh:  # the data must be on disk before the name says "complete"
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    replace_durably(tmp, final)  # the data must be on disk before the name says "complete"
 
 
 def shard_failures(path: str | Path) -> list[dict]:

@@ -27,11 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import distributed
 from pipeline.config import ClipsConfig, TeacherConfig
-from pipeline.distributed import DistInfo, resolve_device
+from pipeline.distributed import DistInfo
 from pipeline.errors import UserError
-from pipeline.fingerprint import atomic_write_text
+from pipeline.files import atomic_write_text
 from pipeline.lifetime import DieWithParent
 from pipeline.progress import MetricsLog, Progress
+from pipeline.runtime import stage_device
 from teacher.backends import TeacherBackend, backend_labels, input_loader, make_backend
 from teacher.cache_format import (CacheFormatError, ShardMeta, ShardWriter, finalize_shard, num_shards as count_shards,
                                   shard_failures, shard_is_current, shard_name, shard_range, temp_name, verify_shard)
@@ -247,6 +248,16 @@ class _BuildResult:
     built: set[int] = field(default_factory=set)
 
 
+def _feed(builder: _ShardBuilder, batches: Any, res: _BuildResult, bar: Progress, shards: int) -> None:
+    """Hand every decoded anchor input to the shard builder, counting the clips whose maps it wrote."""
+    for g, inputs, errors in batches:
+        for k, (x, e) in enumerate(zip(inputs, errors)):
+            done = builder.add(g.shard, g.row0 + k, x, e)
+            if done:
+                res.computed += done
+                bar.update(done, postfix=f"shard {len(res.built)}/{shards} failed {res.failed}")
+
+
 def _build_shards(out_dir: Path, cp: _CachePlan, todo: list[int], teacher: TeacherConfig, clips: ClipsConfig,
                   dist: DistInfo, metrics: MetricsLog, checkpoint_sha256: str) -> _BuildResult:
     """Decode (workers) and run the teacher (this process) over the rows of ``todo``, shard by shard."""
@@ -272,17 +283,12 @@ def _build_shards(out_dir: Path, cp: _CachePlan, todo: list[int], teacher: Teach
     try:
         builder.backend = make_backend(teacher.backend, checkpoint=teacher.checkpoint, labels=teacher.labels,
                                        map_size=teacher.map_size, input_size=teacher.input_size,
-                                       device=resolve_device(teacher.device, dist.local_rank), amp=teacher.amp,
+                                       device=stage_device(teacher.device, dist), amp=teacher.amp,
                                        flip=teacher.flip_test, softness=teacher.softness,
                                        sha256=checkpoint_sha256 or None)
         t0 = time.perf_counter()  # throughput excludes loading the model
         with Progress(n_todo, "teacher-cache", "clip", enabled=dist.is_main) as bar:
-            for g, inputs, errors in it:
-                for k, (x, e) in enumerate(zip(inputs, errors)):
-                    done = builder.add(g.shard, g.row0 + k, x, e)
-                    if done:
-                        res.computed += done
-                        bar.update(done, postfix=f"shard {len(res.built)}/{len(todo)} failed {res.failed}")
+            _feed(builder, it, res, bar, len(todo))
     finally:
         builder.close()
         del it

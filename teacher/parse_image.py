@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.files import atomic_write_bytes
 from teacher.checkpoint import CheckpointError, load_schp
 from teacher.labels import check_label_set, input_size as default_input_size, palette
 from teacher.preprocess import parse_to_labels
@@ -49,11 +50,7 @@ def write_palette_png(path: str | Path, labels: np.ndarray, pal: np.ndarray) -> 
            + _chunk(b"PLTE", pal.tobytes())
            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
            + _chunk(b"IEND", b""))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(png)
-    tmp.replace(path)
+    atomic_write_bytes(path, png)
 
 
 class ImageReadError(UserError, FileNotFoundError):

@@ -132,6 +132,8 @@ def test_round_trip_into_the_student_is_exact(tmp_path: Path):
 
     rsp = export_checkpoint(src, tmp_path / "rsp.pth", "rspnet", "contrastive")
     assert rsp.tensors > 0 and len(rsp.sha256) == 64
+    learnt = [student.f_l, student.h_c, student.g_a[2], student.g_m[2]]
+    assert rsp.parameters == sum(p.numel() for m in learnt for p in m.parameters())  # BN statistics not counted
     model = read_exported(rsp.path)["model"]
     for fc, head in (("fc1", student.g_a), ("fc2", student.g_m)):  # the pretrained heads, not fresh ones
         assert torch.equal(model[f"encoder_q.{fc}.2.weight"].double(), head[2].weight.detach())
@@ -165,3 +167,7 @@ def test_branch_choices():
         export_state(no_kd, {}, "rspnet", "human")
     with pytest.raises(ExportError, match="whole"):
         export_state(student, {}, "student", "human")
+    with pytest.raises(ExportError, match="pass --branch human .* or --branch contrastive"):
+        export_state(student, {}, "rspnet", None)
+    assert set(export_state(student, {}, "student", None)["state_dict"]) == {
+        k for k in student.state_dict() if k.split(".", 1)[0] in ("f_l", "h_h", "h_c")}

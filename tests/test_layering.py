@@ -2,7 +2,7 @@
 
 The layers, bottom to top::
 
-    pipeline helpers (leaf)   config, distributed, runtime, progress, fingerprint, errors, charts,
+    pipeline helpers (leaf)   config, distributed, runtime, progress, fingerprint, files, errors, charts,
                               code_digest, tensorboard_log, lifetime, and the package itself (__version__)
             ^
     library                   data_manifests/, teacher/, student/
@@ -25,7 +25,7 @@ PROJECT = ("pipeline", *LIBRARY)
 # The helper layer: imports nothing of the project outside this set.
 LEAF = frozenset({
     "pipeline", "pipeline.config", "pipeline.distributed", "pipeline.runtime", "pipeline.progress",
-    "pipeline.fingerprint", "pipeline.errors", "pipeline.charts", "pipeline.code_digest",
+    "pipeline.fingerprint", "pipeline.files", "pipeline.errors", "pipeline.charts", "pipeline.code_digest",
     "pipeline.tensorboard_log", "pipeline.lifetime",
 })
 # The orchestration layer: may import anything; nothing in the library or the leaf may import it.

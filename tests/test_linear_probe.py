@@ -11,7 +11,7 @@ import torch
 from pipeline.config import load_config
 from pipeline.sweep import Run, aggregate, run_overrides, run_sweep, table_lines
 from student.linear_probe import fit_logistic, standardise
-from tiny_pipeline import invoke, pretrained_work
+from tiny_pipeline import invoke, pretrained_work, stage_folder
 
 
 def _blobs(n: int, classes: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +79,7 @@ def work(tmp_path_factory) -> Path:
 
 def test_linear_probe_command_on_the_synthetic_demo(work: Path):
     out = invoke(work, "linear-probe", "--dataset", "hmdb51", "--build-upstream").output
-    (folder,) = [p for p in (work / "linear-probe" / "hmdb51-split1").iterdir() if (p / "stage.json").is_file()]
+    folder = stage_folder(out, "linear-probe")
     res = json.loads((folder / "linear_probe.json").read_text())
     assert (res["num_train"], res["num_test"], res["num_classes"]) == (20, 10, 10)
     assert res["feature_dim"] == 2 * 64 and res["level"].startswith("video")  # [z_h || z_c] at width 0.125

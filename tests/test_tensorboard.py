@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import tensorboard_log
 from pipeline.progress import MetricsLog
-from tiny_pipeline import invoke, pretrained_work
+from tiny_pipeline import invoke, pretrained_work, stage_folder
 
 needs_tb = pytest.mark.skipif(not tensorboard_log.available(),
                               reason='the tensorboard extra is not installed (pip install -e ".[tensorboard]")')
@@ -53,8 +53,8 @@ def test_teacher_maps_image_and_final_figures(work: Path):
     acc = _events(_only(work, "teacher-cache"))
     (img,) = acc.Images("teacher/maps")
     assert img.width == 8 * 16 and img.height == 16  # 8 maps of 16² side by side
-    invoke(work, "linear-probe", "--dataset", "hmdb51", "--build-upstream")
-    folder = _only(work, "linear-probe")
+    out = invoke(work, "linear-probe", "--dataset", "hmdb51", "--build-upstream").output
+    folder = stage_folder(out, "linear-probe")
     final = _events(folder)
     summary = json.loads((folder / "linear_probe.json").read_text())
     assert final.Scalars("final/linear-probe/top1")[0].value == pytest.approx(summary["top1"])

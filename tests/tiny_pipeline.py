@@ -33,6 +33,14 @@ def invoke(work: Path, *args: str, sets: tuple[str, ...] = ()) -> Result:
     return result
 
 
+def stage_folder(output: str, kind: str) -> Path:
+    """The folder a stage command's summary names (``<kind> <name>: <folder> (built in ...)``)."""
+    for line in output.splitlines():
+        if line.startswith(f"{kind} ") and ": /" in line:
+            return Path(line.split(": ", 1)[1].split(" (built", 1)[0])
+    raise AssertionError(f"no '{kind} <name>: <folder>' line in:\n{output}")
+
+
 def pretrained_work(factory) -> Path:
     """The session's tiny work folder with synthetic data, manifests, teacher cache and a pretrained student."""
     if "work" not in _BUILT:

@@ -86,13 +86,13 @@ def write_classifier(finetune_dir: Path, manifest_dir: Path, model_cfg, seed: in
                      clip_len: int = CLIP_LEN) -> Path:
     """A random classifier.pt in the finetune stage's format (no training: evaluation plumbing tests)."""
     from data_manifests.manifest import load_manifest
-    from student.finetune import _classifier_record, build_classifier
+    from student.artifacts import build_classifier, classifier_record
 
     man = load_manifest(manifest_dir)
     torch.manual_seed(seed)
     net = build_classifier(model_cfg, len(man.classes), None).eval()
     finetune_dir.mkdir(parents=True, exist_ok=True)
     path = finetune_dir / "classifier.pt"
-    torch.save(_classifier_record(model_cfg, man, net.state_dict(), selected_epoch=1, selected_on="last",
+    torch.save(classifier_record(model_cfg, man, net.state_dict(), selected_epoch=1, selected_on="last",
                                   clip_len=clip_len, input_size=model_cfg.input_size), path)
     return path

@@ -10,6 +10,7 @@ from typing import Any
 import cv2
 from joblib import Parallel, delayed
 
+from pipeline.files import atomic_write_text
 from pipeline.progress import Progress
 
 from .layouts import (PlannedVideo, plan_dataset, write_hmdb51_splits, write_kinetics_annotations,
@@ -79,7 +80,5 @@ def generate_synthetic(out_dir: str | os.PathLike, cfg: SyntheticSpec | None = N
     }
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     index = {"spec": spec.to_dict(), "summary": summary, "videos": records}
-    tmp = root / f".{INDEX_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, root / INDEX_FILE)
+    atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True))
     return summary

@@ -12,12 +12,13 @@ byte-compatible with the originals (see reference/FACTS.md "Dataset formats"):
 """
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.files import atomic_write_text
 
 from .actions import hmdb_name, kinetics_label, ucf_name
 from .render import Look, VideoJob
@@ -154,11 +155,7 @@ def hmdb_split_flags(spec: SyntheticSpec, cls: str, names: list[str], split: int
 
 def _write_text(path: Path, text: str) -> None:
     """Atomic write with the exact bytes given (no newline translation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text, newline="")
 
 
 def _csv_label(label: str) -> str:

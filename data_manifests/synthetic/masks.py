@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.files import atomic_path
+
 MASK_SUFFIX = ".parts.npz"
 MASK_KEY = "masks"
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
@@ -37,14 +39,9 @@ def save_part_masks(path: str | os.PathLike, masks: np.ndarray) -> Path:
     info = zipfile.ZipInfo(MASK_KEY + ".npy", date_time=_FIXED_DATE)
     info.compress_type = zipfile.ZIP_DEFLATED
     info.external_attr = 0o600 << 16
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
-            zf.writestr(info, buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
+                                                   compresslevel=6) as zf:
+        zf.writestr(info, buf.getvalue())
     return path
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.files import atomic_path
+
 from .actions import Style, get_action
 from .figure import INST, INSTANCE_TO_PART, INSTANCES, Body, Camera, draw_figure
 from .scene import PALETTE, SKIN_TONES, make_scene
@@ -182,9 +184,8 @@ def render_video(job: VideoJob) -> Rendered:
 def write_video(path: str | os.PathLike, frames_bgr: np.ndarray, fps: float, fourcc: str) -> Path:
     """Encode ``frames_bgr`` (T, H, W, 3) with OpenCV to a temporary name, then rename into place."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")   # keep the extension: it picks the container
     T, H, W, _ = frames_bgr.shape
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:  # keep the extension: it picks the container
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), float(fps), (W, H))
         if not writer.isOpened():
             raise RuntimeError(f"{path}: OpenCV cannot open a VideoWriter for fourcc {fourcc!r} "
@@ -194,8 +195,4 @@ def write_video(path: str | os.PathLike, frames_bgr: np.ndarray, fps: float, fou
         writer.release()
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise RuntimeError(f"{path}: OpenCV wrote no data (fourcc {fourcc!r})")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

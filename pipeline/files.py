@@ -1,0 +1,74 @@
+"""Atomic file writes: the one helper every package uses (a leaf module: imports nothing of ours).
+
+A reader (a rerun, another rank, ``pipeline status``) must never see half a file, and a crash or
+power cut must not leave a name pointing at data still in the page cache. So every write goes to
+a temporary name in the same folder (same filesystem: the rename is atomic), the data is fsynced,
+the temporary file is renamed over the final name, and the folder is fsynced so the rename itself
+is durable. On any error the temporary file is removed and the old file, if any, stays.
+
+:func:`atomic_path` is the general form (the caller writes the temporary path with any library:
+torch.save, zipfile, cv2.VideoWriter); :func:`atomic_write_text` and :func:`atomic_write_bytes`
+cover the common cases; :func:`replace_durably` publishes a file that was written and checked
+elsewhere (a teacher-cache shard).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (best effort: some filesystems refuse a folder fsync)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: Path | str, final: Path | str) -> None:
+    """fsync ``tmp``, rename it over ``final``, fsync the folder."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    fsync_dir(Path(final).parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; write it in the block. A clean exit publishes it
+    (:func:`replace_durably`); an exception removes it and leaves ``path`` as it was.
+
+    ``keep_suffix``: the temporary name ends with ``path``'s suffix (writers that pick the format
+    from the extension, e.g. OpenCV's VideoWriter).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if keep_suffix:
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    else:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path | str, text: str, *, newline: str | None = None) -> None:
+    """Write ``text`` (UTF-8) atomically; ``newline`` as for ``open`` ("" keeps the bytes given)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
