@@ -42,7 +42,7 @@ import numpy as np
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_rejected, write_manifest
 from data_manifests.video import VideoDecodeError, open_video
-from pipeline.distributed import DistInfo
+from pipeline.distributed import DistInfo, job_share
 from pipeline.files import atomic_write_text
 from pipeline.progress import Progress
 
@@ -167,14 +167,7 @@ def assigned_videos(total: int, dist: DistInfo, shard_index: int | None = None,
                     num_shards: int | None = None) -> list[int]:
     """The manifest indices this process copies: the job's share (``i, i+n, …``), then every
     ``world_size``-th of those from ``rank`` (the teacher cache's split, by video)."""
-    if (shard_index is None) != (num_shards is None):
-        raise ValueError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
-    mine = list(range(total))
-    if num_shards is not None:
-        if num_shards < 1 or not 0 <= shard_index < num_shards:
-            raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
-        mine = mine[shard_index::num_shards]
-    return mine[dist.rank::dist.world_size]
+    return job_share(total, dist, shard_index, num_shards)
 
 
 def _failed_path(out_dir: Path, index: int) -> Path:

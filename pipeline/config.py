@@ -23,8 +23,6 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from pipeline.errors import UserError
 
-EXEC = {"exec": True}
-
 
 class ConfigError(UserError, ValueError):
     """A configuration problem, phrased for the user: which key, which file, what is expected."""

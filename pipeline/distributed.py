@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist  # `dist` is a DistInfo everywhere else
 
 from pipeline.errors import UserError
 
@@ -32,7 +32,7 @@ class DistInfo:
 
 def is_distributed() -> bool:
     """True once this process has joined a process group (the one test for "are we distributed?")."""
-    return dist.is_available() and dist.is_initialized()
+    return tdist.is_available() and tdist.is_initialized()
 
 
 def launched_by_torchrun() -> bool:
@@ -51,6 +51,24 @@ _wait_group: Any = None
 
 class DeviceError(UserError):
     """A device setting that cannot work in this launch (e.g. ``cuda:N`` under torchrun)."""
+
+
+class ShardOptionError(UserError, ValueError):
+    """``--shard-index`` / ``--num-shards`` that do not describe a share of the job."""
+
+
+def job_share(total: int, dist: DistInfo, shard_index: int | None = None,
+              num_shards: int | None = None) -> list[int]:
+    """The indices (of shards, videos, ...) this process handles: the job's share under
+    ``--shard-index i --num-shards n`` (``i, i+n, ...``), then every ``world_size``-th of those from ``rank``."""
+    if (shard_index is None) != (num_shards is None):
+        raise ShardOptionError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
+    mine = list(range(total))
+    if num_shards is not None:
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise ShardOptionError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+        mine = mine[shard_index::num_shards]
+    return mine[dist.rank::dist.world_size]
 
 
 def _int_env(name: str, default: int) -> int:
@@ -103,13 +121,13 @@ def init_distributed(device: str = "auto", timeout_s: int | None = None) -> Dist
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device, local_rank)
-    if not dist.is_initialized():
+    if not tdist.is_initialized():
         timeout = timeout_s if timeout_s is not None else _int_env("PIPELINE_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=process_group_backend(), timeout=datetime.timedelta(seconds=timeout))
+        tdist.init_process_group(backend=process_group_backend(), timeout=datetime.timedelta(seconds=timeout))
         wait_s = _int_env("PIPELINE_RANK0_WAIT_S", RANK0_WAIT_S)
-        _wait_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=wait_s))
+        _wait_group = tdist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=wait_s))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
@@ -122,21 +140,21 @@ def broadcast_after_wait(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src, group=_wait_group)
+    tdist.broadcast_object_list(box, src=src, group=_wait_group)
     return box[0]
 
 
 def current() -> DistInfo:
     """The description of this process without initialising anything."""
     if is_distributed():
-        return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+        return DistInfo(rank=tdist.get_rank(), world_size=tdist.get_world_size(),
                         local_rank=int(os.environ.get("LOCAL_RANK", 0)))
     return DistInfo()
 
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        tdist.barrier()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -144,7 +162,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    tdist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -152,18 +170,18 @@ def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's object, in rank order; ``[obj]`` in a single process."""
     if not is_distributed():
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
     return out
 
 
 @torch.no_grad()
 def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     """Concatenate equally shaped tensors from every rank along dim 0 (no gradient)."""
-    if not is_distributed() or dist.get_world_size() == 1:
+    if not is_distributed() or tdist.get_world_size() == 1:
         return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
+    parts = [torch.empty_like(t) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(parts, t.contiguous())
     return torch.cat(parts, dim=0)
 
 
@@ -171,5 +189,5 @@ def cleanup() -> None:
     """Destroy the process group (and the wait group) so NCCL frees its communicators before exit."""
     global _wait_group
     if is_distributed():
-        dist.destroy_process_group()
+        tdist.destroy_process_group()
     _wait_group = None

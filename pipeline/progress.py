@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, TextIO
 
 log = logging.getLogger("pipeline")
 
@@ -96,14 +96,6 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def track(items: Iterable, total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> Iterator:
-    """Iterate ``items`` under a :class:`Progress` bar."""
-    with Progress(total, desc, unit, enabled=enabled) as bar:
-        for item in items:
-            yield item
-            bar.update(1)
 
 
 class MetricsLog:

@@ -6,7 +6,6 @@ synthetic ─► manifest:<pretrain set> ─► teacher-cache ─► pretrain �
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -337,11 +336,6 @@ def manifest_summary(manifest: Any, rejected: list[dict]) -> dict[str, Any]:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     return {"videos": len(manifest.entries), "classes": len(manifest.classes), "per_split": per_split,
             "rejected": len(rejected), "rejected_by_reason": reasons}
-
-
-def config_with(cfg: Config, **sections: Any) -> Config:
-    """A copy of ``cfg`` with whole sections replaced (for command-line options)."""
-    return dataclasses.replace(cfg, **sections)
 
 
 def record_human_focus(manifest_dir: Path, finetune_dir: Path, out_dir: Path) -> dict[str, Any]:

@@ -40,8 +40,9 @@ class TrainingInterrupted(RuntimeError):
                          f"to {checkpoint}; rerun the same command to resume")
 
 
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint file that cannot be read or does not hold what the loop expects."""
+class TrainStateError(UserError, RuntimeError):
+    """A training checkpoint that cannot be read or does not hold what the loop expects
+    (the SCHP weights have their own ``teacher.checkpoint.CheckpointError``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,14 +136,14 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     """Load with ``weights_only=True``; a file that is not a checkpoint gets an error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise TrainStateError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt/truncated/foreign files all become one clear error
-        raise CheckpointError(f"checkpoint {path} could not be loaded ({type(exc).__name__}: {exc}); "
+        raise TrainStateError(f"checkpoint {path} could not be loaded ({type(exc).__name__}: {exc}); "
                               f"delete it to start over") from exc
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+        raise TrainStateError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
 
 

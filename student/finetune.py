@@ -1,7 +1,8 @@
 """Supervised finetuning: f_l + h_h + h_c from pretraining → pooled features → Linear(num_classes).
 
 Protocol: RSPNet's presets (``student.protocols``), SGD with a per-iteration schedule
-(``student.optim``), AMP on GPU, DDP + DistributedSampler under torchrun (``batch_size`` is per
+(``student.optim``), ``finetune.amp`` / ``device`` / ``deterministic`` with the meaning they have in
+every stage (``pipeline.runtime``), DDP + DistributedSampler under torchrun (``batch_size`` is per
 process), SyncBatchNorm on multi-GPU CUDA only.
 
 Epoch selection (``cfg.select_on``):
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
+from pipeline.config import FinetuneConfig, ModelConfig
 from pipeline.distributed import DistInfo, all_gather_objects, barrier
 from pipeline.lifetime import DieWithParent
 from pipeline.progress import MetricsLog, Progress
@@ -184,21 +186,22 @@ def _select_score(model: torch.nn.Module, manifest: Manifest, entries: list[Vide
     return float(summarise(scores, manifest.classes)[0]["video_top1"])
 
 
-def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model: Any, cfg: Any, *,
+def finetune(manifest_dir: Path, pretrain_dir: Path | None, out_dir: Path, model_cfg: ModelConfig,
+             cfg: FinetuneConfig, *,
              dist: DistInfo, clip_len: int | None = None, max_steps_per_epoch: int = 0,
              stop: GracefulStop | None = None, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Finetune on the manifest's "train" split; write classifier.pt, checkpoints/last.pt, metrics.jsonl.
 
-    ``model`` is the ModelConfig, ``cfg`` the FinetuneConfig. Keyword extras (not in the config):
+    Keyword extras (not in the config):
     ``clip_len`` (default: see :func:`resolve_clip_len`), ``max_steps_per_epoch`` (0: full
     epochs; for smoke runs), ``stop`` (an external GracefulStop) and ``stop_after_steps``
     (request a stop after that many optimizer steps in this call: how tests interrupt a run).
     Raises TrainingInterrupted after saving a checkpoint when stopped.
     """
     device = stage_device(cfg.device, dist)
-    plan = _plan(Path(manifest_dir), pretrain_dir, model, cfg, dist, clip_len, max_steps_per_epoch)
+    plan = _plan(Path(manifest_dir), pretrain_dir, model_cfg, cfg, dist, clip_len, max_steps_per_epoch)
     with deterministic_mode(cfg.deterministic, device):
-        run = _FinetuneRun(plan, model, cfg, dist, device, Path(out_dir))
+        run = _FinetuneRun(plan, model_cfg, cfg, dist, device, Path(out_dir))
         run.train(stop, stop_after_steps)
         return run.finish()
 

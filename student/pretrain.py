@@ -32,10 +32,11 @@ from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import load_manifest
 from pipeline.config import ClipsConfig, ModelConfig, PretrainConfig
 from pipeline.distributed import DistInfo, all_gather_objects, barrier, is_distributed
+from pipeline.errors import UserError
 from pipeline.progress import MetricsLog, Progress
 from pipeline.runtime import (all_reduce_mean, autocast, deterministic_mode, resolve_amp, stage_device,
                               stop_flag_group, wrap_ddp)
-from student.checkpointing import (CheckpointError, GracefulStop, TrainingInterrupted, capture_rng,
+from student.checkpointing import (TrainStateError, GracefulStop, TrainingInterrupted, capture_rng,
                                    load_checkpoint, non_finite_loss, restore_rng, save_checkpoint)
 from student.optim import build_sgd, cosine_schedule, current_lr, scaled_lr
 from student.pretrain_data import (PretrainClipDataset, build_pretrain_loader, clips_with_maps, shutdown_workers,
@@ -48,6 +49,15 @@ log = logging.getLogger("pipeline.pretrain")
 
 CHECKPOINT_FORMAT = 1
 METRIC_KEYS = ("loss", "loss_kd", "loss_rsp", "loss_avid", "acc_rsp", "acc_avid_pos", "acc_avid_neg")
+
+
+class PretrainInputError(UserError, ValueError):
+    """Pretraining cannot start with these inputs (model.kd without a teacher cache, a cache with no
+    map for this clip plan); the message says what to run or set."""
+
+
+class InitFromNotFound(UserError, FileNotFoundError):
+    """``pretrain.init_from`` names a file that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -97,13 +107,14 @@ def to_memory_format(module: nn.Module, memory_format: torch.memory_format) -> N
                 t.data = t.data.contiguous(memory_format=memory_format)
 
 
-def build_pretrain_model(model: ModelConfig, cfg: PretrainConfig, num_parts: int,
+def build_pretrain_model(model_cfg: ModelConfig, cfg: PretrainConfig, num_parts: int,
                          global_batch: int | None = None) -> PretrainModel:
     """The pretraining model; the queue is trimmed to a multiple of ``global_batch`` (default: one
     process's batch), as RSPNet requires."""
-    return PretrainModel(backbone=model.backbone, width=model.width, split_after=model.split_after,
-                         num_parts=max(num_parts, 1), parse_size=model.parse_size, kd=model.kd,
-                         task_dependent=model.task_dependent, proj_dim=model.proj_dim,
+    m = model_cfg
+    return PretrainModel(backbone=m.backbone, width=m.width, split_after=m.split_after,
+                         num_parts=max(num_parts, 1), parse_size=m.parse_size, kd=m.kd,
+                         task_dependent=m.task_dependent, proj_dim=m.proj_dim,
                          queue_size=trimmed_queue_size(cfg.queue_size, global_batch or cfg.batch_size),
                          momentum=cfg.moco_momentum,
                          tau=cfg.temperature, margin=cfg.margin, lambda_kd=cfg.lambda_kd, lambda_m=cfg.lambda_m,
@@ -128,11 +139,12 @@ def init_from_checkpoint(pm: PretrainModel, path: str) -> None:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"pretrain.init_from: {p} does not exist")
+        raise InitFromNotFound(f"pretrain.init_from: {p} does not exist; point it at a student.pt or an "
+                               f"RSPNet checkpoint, or set it to \"\" to start from random weights")
     try:
         load_encoders(pm.student, p)
     except Exception as exc:  # noqa: BLE001 - any unusable file: one error naming it and the key
-        raise CheckpointError(f"pretrain.init_from: {p} cannot be used ({type(exc).__name__}: "
+        raise TrainStateError(f"pretrain.init_from: {p} cannot be used ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     s = pm.student
     momentum_update((s.f_l, s.h_c, s.g_m, s.g_a), pm.key_encoder.parts(), 0.0)  # θ_k ← θ_q
@@ -153,8 +165,9 @@ def average_bn_stats(module: nn.Module) -> None:
             b.div_(world)
 
 
-def _config_dict(model: ModelConfig, cfg: PretrainConfig, clips: ClipsConfig) -> dict[str, Any]:
-    return {"model": dataclasses.asdict(model), "pretrain": dataclasses.asdict(cfg), "clips": dataclasses.asdict(clips)}
+def _config_dict(model_cfg: ModelConfig, cfg: PretrainConfig, clips: ClipsConfig) -> dict[str, Any]:
+    return {"model": dataclasses.asdict(model_cfg), "pretrain": dataclasses.asdict(cfg),
+            "clips": dataclasses.asdict(clips)}
 
 
 _RESUME_KEYS = ("model", "clips")
@@ -166,17 +179,17 @@ _RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "lr", "momentum", "weight_d
 def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], world: int, spe: int) -> None:
     """A checkpoint from a different configuration or process layout cannot continue exactly: refuse clearly."""
     if state.get("format") != CHECKPOINT_FORMAT or state.get("kind") != "pretrain":
-        raise CheckpointError(f"{path} is not a pretraining checkpoint (format {state.get('format')}, kind "
+        raise TrainStateError(f"{path} is not a pretraining checkpoint (format {state.get('format')}, kind "
                               f"{state.get('kind')!r}); delete it to start over")
     old = state.get("config", {})
     diffs = [f"{sec}" for sec in _RESUME_KEYS if old.get(sec) != config[sec]]
     diffs += [f"pretrain.{k}" for k in _RESUME_PRETRAIN_SEMANTIC
               if old.get("pretrain", {}).get(k) != config["pretrain"][k]]
     if diffs:
-        raise CheckpointError(f"{path} was written with a different configuration ({', '.join(diffs)}); "
+        raise TrainStateError(f"{path} was written with a different configuration ({', '.join(diffs)}); "
                               f"delete it to start over")
     if state.get("world_size") != world or state.get("steps_per_epoch") != spe:
-        raise CheckpointError(
+        raise TrainStateError(
             f"{path} was written by {state.get('world_size')} process(es) with {state.get('steps_per_epoch')} "
             f"steps per epoch; this run has {world} process(es) and {spe} steps per epoch. Resume with the "
             f"same number of processes (exact continuation needs the same global batch), or delete it to start over")
@@ -186,7 +199,7 @@ def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], 
 # The loop: set-up (data, model), resume, one epoch at a time, save
 # --------------------------------------------------------------------------------------------
 
-def pretrain(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, model: ModelConfig, cfg: PretrainConfig,
+def pretrain(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, model_cfg: ModelConfig, cfg: PretrainConfig,
              clips: ClipsConfig, *, dist: DistInfo, on_step: Callable[[StepInfo], None] | None = None) -> dict:
     """Pretrain the multi-task student; write checkpoints/last.pt, student.pt and metrics.jsonl into ``out_dir``.
 
@@ -199,9 +212,9 @@ def pretrain(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, model: M
     with deterministic_mode(cfg.deterministic, device):
         if device.type == "cuda":
             torch.cuda.set_device(device)  # the current device is the one whose RNG state checkpoints carry
-        data = _load_data(manifest_dir, cache_dir, model, cfg, clips, dist, device)
-        net = _build(model, cfg, data, dist, device)
-        loop = _Loop(data, net, model, cfg, dist, device, out_dir, _config_dict(model, cfg, clips), on_step)
+        data = _load_data(manifest_dir, cache_dir, model_cfg, cfg, clips, dist, device)
+        net = _build(model_cfg, cfg, data, dist, device)
+        loop = _Loop(data, net, model_cfg, cfg, dist, device, out_dir, _config_dict(model_cfg, cfg, clips), on_step)
         loop.run()
         return loop.finish()
 
@@ -225,15 +238,15 @@ def _with_teacher_maps(plan: list, cache_dir: Path | None, cfg: PretrainConfig, 
                        dataset_name: str) -> tuple[list, Any, list[str], int]:
     """(clips that have a teacher map, the cache, its label names, clips dropped) for ``model.kd``."""
     if cache_dir is None:
-        raise ValueError("model.kd is on but no teacher cache was given (run `pipeline teacher-cache`, "
-                         "or set model.kd = false)")
+        raise PretrainInputError("model.kd is on but no teacher cache was given (run `pipeline teacher-cache`, "
+                                 "or set model.kd = false)")
     from teacher.cache_reader import TeacherCache
 
     cache = TeacherCache(cache_dir)
     kept = clips_with_maps(plan, cache, cfg.max_missing_maps)  # refuses when a shard is gone
     dropped = len(plan) - len(kept)
     if not kept:
-        raise ValueError(f"teacher cache {cache_dir} has no map for any clip of the {dataset_name} clip plan "
+        raise PretrainInputError(f"teacher cache {cache_dir} has no map for any clip of the {dataset_name} clip plan "
                          f"({len(plan)} clips): was it built from this manifest and clip settings?")
     if dropped and dist.is_main:
         log.warning("pretrain: %d of %d clips have no teacher map (their frames failed to decode in the "
@@ -241,14 +254,14 @@ def _with_teacher_maps(plan: list, cache_dir: Path | None, cfg: PretrainConfig, 
     return kept, cache, cache.labels, dropped
 
 
-def _load_data(manifest_dir: Path, cache_dir: Path | None, model: ModelConfig, cfg: PretrainConfig,
+def _load_data(manifest_dir: Path, cache_dir: Path | None, model_cfg: ModelConfig, cfg: PretrainConfig,
                clips: ClipsConfig, dist: DistInfo, device: torch.device) -> _Data:
     manifest = load_manifest(manifest_dir)
     plan = build_clip_plan(manifest, clips.anchors_per_video, clips.span, clips.splits)
     cache, label_names, dropped = None, [], 0
-    if model.kd:
+    if model_cfg.kd:
         plan, cache, label_names, dropped = _with_teacher_maps(plan, cache_dir, cfg, dist, manifest.dataset)
-    dataset = PretrainClipDataset(manifest, plan, cache, model, clips, crop_area=cfg.crop_area, seed=cfg.seed,
+    dataset = PretrainClipDataset(manifest, plan, cache, model_cfg, clips, crop_area=cfg.crop_area, seed=cfg.seed,
                                   augment_device=cfg.augment_device)
     loader, sampler = build_pretrain_loader(dataset, cfg.batch_size, cfg.workers, rank=dist.rank,
                                             world_size=dist.world_size, seed=cfg.seed,
@@ -273,10 +286,10 @@ class _Net:
     global_batch: int
 
 
-def _build(model: ModelConfig, cfg: PretrainConfig, data: _Data, dist: DistInfo, device: torch.device) -> _Net:
+def _build(model_cfg: ModelConfig, cfg: PretrainConfig, data: _Data, dist: DistInfo, device: torch.device) -> _Net:
     seed_all(cfg.seed)  # identical initial weights and queue on every rank
     global_batch = cfg.batch_size * dist.world_size
-    pm = build_pretrain_model(model, cfg, len(data.label_names), global_batch)
+    pm = build_pretrain_model(model_cfg, cfg, len(data.label_names), global_batch)
     if dist.is_main:
         warn_queue_size(pm.queue.size, len(data.dataset), cfg.exclude_same_video)
     if cfg.init_from:
@@ -353,10 +366,11 @@ def _amp_name(dtype: torch.dtype | None) -> str:
 class _Loop:
     """One pretraining run from its resume point: epochs of steps, metrics, checkpoints, student.pt."""
 
-    def __init__(self, data: _Data, net: _Net, model: ModelConfig, cfg: PretrainConfig, dist: DistInfo,
+    def __init__(self, data: _Data, net: _Net, model_cfg: ModelConfig, cfg: PretrainConfig, dist: DistInfo,
                  device: torch.device, out_dir: Path, config: dict[str, Any],
                  on_step: Callable[[StepInfo], None] | None) -> None:
-        self.data, self.net, self.model, self.cfg, self.dist, self.device = data, net, model, cfg, dist, device
+        self.data, self.net, self.model_cfg, self.cfg = data, net, model_cfg, cfg
+        self.dist, self.device = dist, device
         self.out_dir, self.config, self.on_step = out_dir, config, on_step
         self.ckpt_path = out_dir / "checkpoints" / "last.pt"
         self.start_epoch, self.start_step, self.global_step, self.resumed_from = _maybe_resume(
@@ -426,7 +440,7 @@ class _Loop:
         """One optimizer step on one batch; the model's outputs (losses and accuracies)."""
         net, device = self.net, self.device
         query, key_pos, key_neg = batch_clips(batch, device, self.cfg.augment_device, net.memory_format)
-        target = batch["target"].to(device, non_blocking=True) if self.model.kd else None
+        target = batch["target"].to(device, non_blocking=True) if self.model_cfg.kd else None
         with autocast(device, net.dtype):
             out = self.ddp(query, key_pos, key_neg, target, batch["video_index"].to(device))
         net.optimizer.zero_grad(set_to_none=True)
@@ -482,7 +496,7 @@ class _Loop:
         num_parts = len(data.label_names)
         if dist.is_main:
             save_checkpoint(self.out_dir / "student.pt", {
-                "model_config": dataclasses.asdict(self.model), "num_parts": num_parts,
+                "model_config": dataclasses.asdict(self.model_cfg), "num_parts": num_parts,
                 "label_names": data.label_names, "state_dict": net.pm.student.state_dict(),
                 "epochs": self.cfg.epochs, "global_step": self.global_step,
             })

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import distributed
 from pipeline.config import ClipsConfig, TeacherConfig
-from pipeline.distributed import DistInfo
+from pipeline.distributed import DistInfo, job_share
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
 from pipeline.lifetime import DieWithParent
@@ -50,14 +50,7 @@ class TeacherCacheError(UserError, ValueError):
 def assigned_shards(total_shards: int, dist: DistInfo, shard_index: int | None = None,
                     num_shards: int | None = None) -> list[int]:
     """The shards this process builds: the job's share (``i, i+n, …``), then round-robin over ranks."""
-    if (shard_index is None) != (num_shards is None):
-        raise TeacherCacheError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
-    shards = list(range(total_shards))
-    if num_shards is not None:
-        if num_shards < 1 or not 0 <= shard_index < num_shards:
-            raise TeacherCacheError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
-        shards = shards[shard_index::num_shards]
-    return shards[dist.rank::dist.world_size]
+    return job_share(total_shards, dist, shard_index, num_shards)
 
 
 @dataclass(frozen=True)

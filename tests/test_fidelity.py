@@ -510,25 +510,28 @@ def test_crlf_class_lists_are_read_without_carriage_returns(tmp_path: Path) -> N
 # =============================================================================================
 
 ALL = {"synthetic", "manifest:kinetics400", "manifest:hmdb51", "manifest:ucf101", "teacher-cache", "pretrain",
-       "finetune", "evaluate", "retrieval"}
+       "finetune", "evaluate", "retrieval", "linear-probe"}
 # a stage and everything downstream of it, in the demo graph (pretrain on kinetics400, finetune and
 # evaluate on hmdb51, retrieval on ucf101)
 DOWNSTREAM = {
     "synthetic": ALL,
     "manifest:kinetics400": {"manifest:kinetics400", "teacher-cache", "pretrain", "finetune", "evaluate",
-                             "retrieval"},
-    "manifest:hmdb51": {"manifest:hmdb51", "finetune", "evaluate"},
+                             "retrieval", "linear-probe"},
+    "manifest:hmdb51": {"manifest:hmdb51", "finetune", "evaluate", "linear-probe"},
     "manifest:ucf101": {"manifest:ucf101", "retrieval"},
-    "teacher-cache": {"teacher-cache", "pretrain", "finetune", "evaluate", "retrieval"},
-    "pretrain": {"pretrain", "finetune", "evaluate", "retrieval"},
+    "teacher-cache": {"teacher-cache", "pretrain", "finetune", "evaluate", "retrieval", "linear-probe"},
+    "pretrain": {"pretrain", "finetune", "evaluate", "retrieval", "linear-probe"},
     "finetune": {"finetune", "evaluate"},
     "evaluate": {"evaluate"},
     "retrieval": {"retrieval"},
+    "linear-probe": {"linear-probe"},
 }
 # the first stage that reads each section's keys (written from what the keys mean, not from stages.py)
 READER = {"synthetic": "synthetic", "clips": "teacher-cache", "teacher": "teacher-cache", "model": "pretrain",
-          "pretrain": "pretrain", "finetune": "finetune", "evaluate": "evaluate", "retrieval": "retrieval"}
-STUDENT = {"pretrain", "finetune", "evaluate", "retrieval"}  # the stages that read videos through [transcode]
+          "pretrain": "pretrain", "finetune": "finetune", "evaluate": "evaluate", "retrieval": "retrieval",
+          "linear_probe": "linear-probe"}
+# the stages that read videos through [transcode]
+STUDENT = {"pretrain", "finetune", "evaluate", "retrieval", "linear-probe"}
 EXCEPTIONS = {("pretrain", "dataset"): DOWNSTREAM["teacher-cache"],  # the teacher caches the pretraining set
               ("run", "stages"): set(),  # which stages run, not what any of them writes
               # [transcode] off (the demo): only switching it on changes what the student reads
@@ -541,7 +544,8 @@ def _stage_dirs(cfg, work: Path) -> dict[str, str]:
 
     g = StageGraph(cfg, work)
     nodes = {"synthetic": g.synthetic(), "teacher-cache": g.teacher_cache(), "pretrain": g.pretrain(),
-             "finetune": g.finetune(), "evaluate": g.evaluate(), "retrieval": g.retrieval()}
+             "finetune": g.finetune(), "evaluate": g.evaluate(), "retrieval": g.retrieval(),
+             "linear-probe": g.linear_probe()}
     nodes.update({f"manifest:{n}": g.manifest(n) for n in cfg.datasets})
     return {role: str(st.out_dir(work).relative_to(work)) for role, st in nodes.items()}
 
@@ -556,6 +560,7 @@ def _other_value(where: tuple[str, str], f: dataclasses.Field, value, files: dic
                ("finetune", "dataset"): "ucf101", ("finetune", "protocol"): "rspnet",
                ("finetune", "crop_area"): [0.3, 0.9], ("finetune", "milestones"): [2, 3],
                ("retrieval", "dataset"): "hmdb51", ("retrieval", "ks"): [1, 5],
+               ("linear_probe", "dataset"): "ucf101",
                ("run", "stages"): ["synthetic", "manifest"]}
     if where in special:
         return special[where]

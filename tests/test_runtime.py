@@ -66,15 +66,25 @@ def test_finetune_trains_in_bf16_on_the_cpu_when_asked(tmp_path: Path, monkeypat
     seen: list[torch.dtype] = []
     build = ft.build_classifier
 
+    class FirstForward(Exception):
+        pass
+
+    def first_forward(_module, _inputs, out):  # the training forward's output dtype, then stop the run
+        seen.append(out.dtype)
+        raise FirstForward
+
     def spying_build(*args, **kwargs):
         net = build(*args, **kwargs)
-        net.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype) if torch.is_grad_enabled() else None)
+        net.register_forward_hook(first_forward)
         return net
 
     monkeypatch.setattr(ft, "build_classifier", spying_build)
     cfg = _cfg(epochs=1, val_fraction=0.0, select_on="last", amp="bf16")
-    ft.finetune(man, tmp_path / "pretrain", tmp_path / "ft", mc, cfg, dist=DIST, clip_len=CLIP_LEN,
-                max_steps_per_epoch=1)
+    # Stopped after the forward: on CPUs without native bf16 the emulated bf16 backward of the
+    # R(2+1)D conv has given NaN weights in about 1 of 3 identical runs (see the issue-16 note).
+    with pytest.raises(FirstForward):
+        ft.finetune(man, tmp_path / "pretrain", tmp_path / "ft", mc, cfg, dist=DIST, clip_len=CLIP_LEN,
+                    max_steps_per_epoch=1)
     assert seen == [torch.bfloat16]
     with pytest.raises(UserError, match="finetune.amp = 'fp16'"):
         ft.finetune(man, tmp_path / "pretrain", tmp_path / "ft16", mc, dataclasses.replace(cfg, amp="fp16"),
@@ -122,3 +132,46 @@ def test_single_process_helpers_are_identities() -> None:
     assert runtime.autocast(CPU, None).__class__.__name__ == "nullcontext"
     with runtime.autocast(CPU, torch.bfloat16):
         assert net(torch.ones(1, 2)).dtype == torch.bfloat16
+
+
+def test_pretraining_input_mistakes_are_one_line_user_errors(tmp_path: Path) -> None:
+    """What the CLI prints for them (pipeline.errors.user_message): one line naming the key, no traceback."""
+    from test_pretrain import CFG, CLIPS, MODEL, toy  # noqa: F401  (the fixture, built here by hand)
+
+    from pipeline.errors import user_message
+
+    manifest = _toy_manifest(tmp_path)
+    no_kd, fp16 = dataclasses.replace(MODEL, kd=False), dataclasses.replace(CFG, amp="fp16", batch_size=1)
+    cases = [
+        (lambda: pt.pretrain(manifest, None, tmp_path / "a", MODEL, CFG, CLIPS, dist=DistInfo()), "model.kd is on"),
+        (lambda: pt.pretrain(manifest, None, tmp_path / "b", no_kd, fp16, CLIPS, dist=DistInfo()),
+         "pretrain.amp = 'fp16'"),
+        (lambda: pt.init_from_checkpoint(pt.build_pretrain_model(MODEL, CFG, 3), str(tmp_path / "none.pt")),
+         "pretrain.init_from"),
+    ]
+    for call, key in cases:
+        with pytest.raises(UserError) as err:
+            call()
+        line = user_message(err.value)
+        assert line is not None and "\n" not in line and key in line, line
+
+
+def _toy_manifest(tmp_path: Path) -> Path:
+    """A manifest of two short videos (pretraining stops on its config before reading any frame)."""
+    import cv2
+    import numpy as np
+
+    from data_manifests.manifest import Manifest, VideoEntry, write_manifest
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    entries = []
+    for v in range(2):
+        writer = cv2.VideoWriter(str(root / f"v{v}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (32, 24))
+        for _ in range(20):
+            writer.write(np.full((24, 32, 3), 40 * v, np.uint8))
+        writer.release()
+        entries.append(VideoEntry(id=f"v{v}", path=f"v{v}.avi", label=0, split="train", frames=20, fps=25.0,
+                                  width=32, height=24))
+    write_manifest(tmp_path / "manifest", Manifest(dataset="toy", root=root, classes=["a"], entries=entries), [])
+    return tmp_path / "manifest"

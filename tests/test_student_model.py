@@ -356,3 +356,17 @@ def test_pretrain_forward_enqueues_video_ids_and_queue_is_trimmed_to_the_batch()
     m = PretrainModel("c3d", width=W, queue_size=8, kd=False)
     m(_clips(2, 1), _clips(2, 2), _clips(2, 3), None, torch.tensor([4, 11]))
     assert m.queue.ids.tolist()[:2] == [4, 11] and int(m.queue.ptr) == 2
+
+
+def test_queue_size_not_well_below_the_videos_is_warned(caplog):
+    import logging
+
+    from student.pretrain import warn_queue_size
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.pretrain"):
+        warn_queue_size(128, 420, True)
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="pipeline.pretrain"):
+        warn_queue_size(512, 150, False)
+    (record,) = caplog.records
+    assert "3.4 keys of its own video" in record.getMessage() and "exclude_same_video" in record.getMessage()

@@ -30,7 +30,7 @@ from student.backbones.r2plus1d import r2plus1d10_stages
 from student.backbones.r3d import r3d18_stages
 
 __all__ = [
-    "BACKBONE_NAMES", "Backbone", "BackbonePart", "Stage", "build_backbone", "build_part",
+    "BACKBONE_NAMES", "Backbone", "BackbonePart", "NetStage", "build_backbone", "build_part",
     "canonical_name", "scaled_channels", "split_backbone", "load_rspnet_backbone",
     "rspnet_backbone_state", "RSPNET_PREFIX",
 ]
@@ -47,8 +47,9 @@ _ALIASES = {
 }
 
 
-class Stage(NamedTuple):
-    """One stage: its name, the child-module names it holds (in order) and its output channels."""
+class NetStage(NamedTuple):
+    """One stage of the network (not a pipeline stage, ``pipeline.stage.Stage``): its name, the child-module
+    names it holds (in order) and its output channels."""
 
     name: str
     modules: tuple[str, ...]
@@ -82,13 +83,13 @@ class BackbonePart(nn.Sequential):
     feature map (B, out_channels, T', H', W').
     """
 
-    def __init__(self, backbone: str, width: float, first_stage: int, stages: Sequence[Stage],
+    def __init__(self, backbone: str, width: float, first_stage: int, stages: Sequence[NetStage],
                  children: Sequence[tuple[str, nn.Module]]) -> None:
         super().__init__(OrderedDict(children))
         self.backbone = backbone
         self.width = width
         self.first_stage = first_stage
-        self.stages: tuple[Stage, ...] = tuple(stages)
+        self.stages: tuple[NetStage, ...] = tuple(stages)
 
     @property
     def last_stage(self) -> int:
@@ -136,7 +137,7 @@ def build_part(name: str, width: float, first_stage: int, last_stage: int) -> Ba
     stages, children = [], []
     for stage_name, out_ch, build in specs[first_stage - 1:last_stage]:
         mods = build()
-        stages.append(Stage(stage_name, tuple(n for n, _ in mods), out_ch))
+        stages.append(NetStage(stage_name, tuple(n for n, _ in mods), out_ch))
         children.extend(mods)
     cls = Backbone if (first_stage, last_stage) == (1, len(specs)) else BackbonePart
     part = cls(name, width, first_stage, stages, children)
