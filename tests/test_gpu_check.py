@@ -3,6 +3,7 @@ cannot rot before a GPU is available, and the JSON it writes has every section's
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,7 +32,12 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path) -> None:
     par = fig["amp_parity"]
     assert set(par["curves"]) == {"fp32", "bf16"}
     assert all(len(c["loss"]) == steps for c in par["curves"].values())
-    assert par["curves"]["fp32"]["loss"][0] > 0 and par["rel_diff_loss"] >= 0
+    assert all(math.isfinite(x) and x > 0 for x in par["curves"]["fp32"]["loss"])
+    # CPU bf16 *training* gives random non-finite gradients on some CPUs with this torch (README, "Do not
+    # train in bf16 on a CPU"); the smoke run only shows the comparison is made: a NaN difference is
+    # accepted when, and only when, the bf16 curve itself went non-finite.
+    bf16 = par["curves"]["bf16"]["loss"]
+    assert par["rel_diff_loss"] >= 0 or not all(math.isfinite(x) for x in bf16), par
 
     for backbone in ("c3d", "r2plus1d"):
         row = fig["pretrain"][backbone]
