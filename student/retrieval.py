@@ -126,7 +126,8 @@ def retrieval(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any, *
         "clip_len_from": clip_len_from, "input_size": input_size, "feature_dim": int(feats["query"].shape[1]),
         "distance": "cosine", "ks": ks, "ks_effective": [min(k, len(gallery)) for k in ks],
         "recall": {f"R@{k}": rec[k] for k in ks},
-        "reference": RSPNET_C3D_REFERENCE,
+        # RSPNet reports retrieval on UCF101 split 1 only: a reference beside another dataset's figures misleads
+        "reference": RSPNET_C3D_REFERENCE if manifest.dataset == "ucf101" else None,
     }
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

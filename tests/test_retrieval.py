@@ -48,7 +48,10 @@ def test_recall_through_the_stage_on_constructed_features(setup, tmp_path, monke
     assert (res["num_queries"], res["num_gallery"], res["ks_effective"]) == (2, 4, [1, 2, 4])
     written = json.loads((tmp_path / "retrieval.json").read_text())
     assert written == json.loads(json.dumps(res))
-    assert written["reference"]["recall"] == {"R@1": 0.360, "R@5": 0.567, "R@10": 0.665, "R@20": 0.763, "R@50": 0.877}
+    # RSPNet's published figures are UCF101 split 1's: shown beside a UCF101 run only
+    assert written["dataset"] != "ucf101" and written["reference"] is None
+    assert retrieval_mod.RSPNET_C3D_REFERENCE["recall"] == {"R@1": 0.360, "R@5": 0.567, "R@10": 0.665, "R@20": 0.763,
+                                                            "R@50": 0.877}
 
 
 def test_real_features_are_clip_averages_of_the_representation(setup):
