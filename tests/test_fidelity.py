@@ -104,7 +104,7 @@ def test_evaluate_uses_logits_for_a_paper_protocol_classifier(tmp_path: Path) ->
     for name in ("custom", "paper:c3d/hmdb51"):
         ft = tmp_path / name.replace(":", "_").replace("/", "_")
         path = write_classifier(ft, man, tiny_model_config(), seed=2)
-        record = torch.load(path, weights_only=False)
+        record = torch.load(path, weights_only=True)
         record["protocol"] = {"name": name}
         record["selected_on"] = "test" if name == "custom" else "val"
         torch.save(record, path)
@@ -328,7 +328,7 @@ def test_shuffle_bn_mixes_clips_across_two_processes(tmp_path: Path) -> None:
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
     logs = [p.communicate(timeout=120)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
-    res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert torch.equal(res[0]["idx"], res[1]["idx"]), "every rank must use the same global permutation"
     x_all = torch.cat([r["x"] for r in res])
     idx = res[0]["idx"]
