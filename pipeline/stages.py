@@ -6,6 +6,7 @@ synthetic ─► manifest:<pretrain set> ─► teacher-cache ─► pretrain �
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -246,45 +247,32 @@ class StageGraph:
             code=CODE["evaluate"]))
 
     def retrieval(self) -> Stage:
-        r = self.cfg.retrieval
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.retrieval import retrieval
-
-            summary = retrieval(self._videos_dir(ctx), ctx.upstream_dir("pretrain"), ctx.out_dir, r,
-                                dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
-            if ctx.dist.is_main:
-                log_final(ctx.out_dir, "retrieval", summary)
-            return summary
-
-        name = f"{r.dataset}-split{self.cfg.dataset(r.dataset).split}"
-        return self._memo("retrieval", lambda: Stage(
-            kind="retrieval", name=name, version=VERSIONS["retrieval"],
-            semantic={"retrieval": semantic_dict(r), "clip_len": self.cfg.clips.clip_len},
-            upstream=[self._videos(r.dataset), self.pretrain()], build=build,
-            command=f"pipeline retrieval --dataset {r.dataset}", parallel=True,
-            code=CODE["retrieval"]))
+        return self._frozen_student_stage("retrieval", "retrieval", self.cfg.retrieval, "student.retrieval")
 
     def linear_probe(self) -> Stage:
         """Frozen-feature logistic regression on one dataset split (student/linear_probe.py)."""
-        lp = self.cfg.linear_probe
+        return self._frozen_student_stage("linear-probe", "linear_probe", self.cfg.linear_probe,
+                                          "student.linear_probe")
+
+    def _frozen_student_stage(self, kind: str, section: str, cfg: Any, module: str) -> Stage:
+        """A stage that evaluates the frozen pretrained student on one dataset split (retrieval, linear
+        probe) with ``module.<section>(videos_dir, pretrain_dir, out_dir, cfg, dist=, clip_len=)``,
+        imported only when the stage is built (``status`` never imports torch models)."""
 
         def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.linear_probe import linear_probe
-
-            summary = linear_probe(self._videos_dir(ctx), ctx.upstream_dir("pretrain"), ctx.out_dir, lp,
-                                   dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
+            run = getattr(importlib.import_module(module), section)
+            summary = run(self._videos_dir(ctx), ctx.upstream_dir("pretrain"), ctx.out_dir, cfg,
+                          dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
             if ctx.dist.is_main:
-                log_final(ctx.out_dir, "linear-probe", summary)
+                log_final(ctx.out_dir, kind, summary)
             return summary
 
-        name = f"{lp.dataset}-split{self.cfg.dataset(lp.dataset).split}"
-        return self._memo("linear-probe", lambda: Stage(
-            kind="linear-probe", name=name, version=VERSIONS["linear-probe"],
-            semantic={"linear_probe": semantic_dict(lp), "clip_len": self.cfg.clips.clip_len},
-            upstream=[self._videos(lp.dataset), self.pretrain()], build=build,
-            command=f"pipeline linear-probe --dataset {lp.dataset}", parallel=True,
-            code=CODE["linear-probe"]))
+        name = f"{cfg.dataset}-split{self.cfg.dataset(cfg.dataset).split}"
+        return self._memo(kind, lambda: Stage(
+            kind=kind, name=name, version=VERSIONS[kind],
+            semantic={section: semantic_dict(cfg), "clip_len": self.cfg.clips.clip_len},
+            upstream=[self._videos(cfg.dataset), self.pretrain()], build=build,
+            command=f"pipeline {kind} --dataset {cfg.dataset}", parallel=True, code=CODE[kind]))
 
     # -- the whole run --------------------------------------------------------------------
 
