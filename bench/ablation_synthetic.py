@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Bench, print_table  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
 
 VARIANTS = {
@@ -122,7 +122,7 @@ def pretext_final(work: Path, overrides: list[str]) -> dict[str, float]:
 def cam_figure(work: Path, base: list[str], seed: int, out: Path, videos: int = 4) -> Path | None:
     """w/o KD and full CAMs side by side on the same test clips (paper Fig. 3)."""
     from data_manifests.manifest import load_manifest
-    from pipeline.charts import write_png
+    from pipeline.core.charts import write_png
     from student.finetune import load_classifier
     from student.human_focus import cam_comparison
 

@@ -37,7 +37,7 @@ from data_manifests.clip_plan import build_clip_plan  # noqa: E402
 from data_manifests.manifest import load_manifest  # noqa: E402
 from data_manifests.video import read_frames  # noqa: E402
 from gpu_check import FlatCache  # noqa: E402
-from pipeline.config import ClipsConfig, ModelConfig  # noqa: E402
+from pipeline.core.config import ClipsConfig, ModelConfig  # noqa: E402
 from student.pretrain_data import PretrainClipDataset  # noqa: E402
 
 MODES = ("decode", "cpu", "gpu")

@@ -95,7 +95,7 @@ def reset_peak(device: torch.device) -> None:
 
 
 def model_config(sz: Sizes, backbone: str):
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
 
     return ModelConfig(backbone=backbone, width=sz.width, input_size=sz.input_size, parse_size=sz.parse_size)
 
@@ -103,7 +103,7 @@ def model_config(sz: Sizes, backbone: str):
 def pretrain_model(sz: Sizes, backbone: str, device: torch.device, memory_format: torch.memory_format,
                    num_parts: int = 20, seed: int = 0):
     """A PretrainModel as the pretrain stage builds it, on ``device`` in ``memory_format``."""
-    from pipeline.config import PretrainConfig
+    from pipeline.core.config import PretrainConfig
     from student.pretrain import build_pretrain_model, to_memory_format
 
     torch.manual_seed(seed)
@@ -202,7 +202,7 @@ def real_loader(sz: Sizes, manifest_dir: Path, augment_device: str, workers: int
     """The pretraining dataset and loader over real clips (kd targets from :class:`FlatCache`)."""
     from data_manifests.clip_plan import build_clip_plan
     from data_manifests.manifest import load_manifest
-    from pipeline.config import ClipsConfig
+    from pipeline.core.config import ClipsConfig
     from student.pretrain_data import PretrainClipDataset, build_pretrain_loader
 
     manifest = load_manifest(manifest_dir)
@@ -343,8 +343,8 @@ def teacher_variants(sz: Sizes, device: torch.device) -> list[tuple[str, str, bo
 def run_teacher_cache(sz: Sizes, device: torch.device, manifest_dir: Path, out: Path, ckpt: Path, digest: str,
                       amp: str, channels_last: bool, batch: int) -> dict[str, Any]:
     """The real teacher-cache stage on the real clips' anchor frames; the model's layout forced as asked."""
-    from pipeline.config import ClipsConfig, TeacherConfig
-    from pipeline.distributed import DistInfo
+    from pipeline.core.config import ClipsConfig, TeacherConfig
+    from pipeline.core.distributed import DistInfo
     from teacher import cache_stage
 
     cfg = TeacherConfig(backend="schp", checkpoint=str(ckpt), labels="lip", input_size=sz.teacher_input, map_size=64,
@@ -391,7 +391,7 @@ def map_agreement(a: Path, b: Path) -> dict[str, Any]:
 
 
 def teacher_section(sz: Sizes, device: torch.device, work: Path) -> dict[str, Any]:
-    from pipeline.fingerprint import sha256_file
+    from pipeline.core.fingerprint import sha256_file
 
     ckpt = common.random_schp_checkpoint(common.work_dir("schp") / "random_lip20_seed0.pth")
     digest = sha256_file(ckpt)
@@ -415,7 +415,7 @@ def ddp_section(sz: Sizes, device: torch.device) -> dict[str, Any]:
     import torch.distributed as tdist
     from torch.nn.parallel import DistributedDataParallel
 
-    from pipeline.distributed import process_group_backend
+    from pipeline.core.distributed import process_group_backend
     from student.pretrain import clip_memory_format
 
     with socket.socket() as s:

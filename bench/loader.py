@@ -38,8 +38,8 @@ import torch  # noqa: E402
 from data_manifests.clip_plan import build_clip_plan  # noqa: E402
 from data_manifests.manifest import load_manifest  # noqa: E402
 from data_manifests.video import read_frames  # noqa: E402
-from pipeline.config import ClipsConfig, ModelConfig, TeacherConfig  # noqa: E402
-from pipeline.distributed import DistInfo  # noqa: E402
+from pipeline.core.config import ClipsConfig, ModelConfig, TeacherConfig  # noqa: E402
+from pipeline.core.distributed import DistInfo  # noqa: E402
 from student.pretrain_data import PretrainClipDataset, build_pretrain_loader  # noqa: E402
 from teacher.cache_reader import TeacherCache  # noqa: E402
 from teacher.cache_stage import build_teacher_cache  # noqa: E402

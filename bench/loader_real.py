@@ -37,7 +37,7 @@ from data_manifests.manifest import Manifest, load_manifest
 from data_manifests.transcode import (VIDEOS_DIR, TranscodeSpec, copies_manifest, copy_relpath, output_size,
                                       transcode_video)
 from data_manifests.video import read_frames
-from pipeline.config import ClipsConfig, ModelConfig
+from pipeline.core.config import ClipsConfig, ModelConfig
 from student.pretrain_data import PretrainClipDataset
 from teacher.cache_format import ShardMeta, shard_name, write_shard
 from teacher.cache_reader import TeacherCache

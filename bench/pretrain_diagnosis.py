@@ -32,7 +32,7 @@ from common import RESULTS, Bench, print_table  # noqa: E402
 
 from data_manifests.clip_plan import build_clip_plan  # noqa: E402
 from data_manifests.manifest import load_manifest  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
 from student.finetune import build_classifier  # noqa: E402
 from student.pretrain import build_pretrain_model, seed_all  # noqa: E402

@@ -109,8 +109,8 @@ class TreeMonitor:
 # ------------------------------------------------------------------------------------------------
 
 def child(manifest: Path, out_dir: Path, backend: str, input_size: int, workers: int, shard_size: int) -> dict:
-    from pipeline.config import ClipsConfig, TeacherConfig
-    from pipeline.distributed import DistInfo
+    from pipeline.core.config import ClipsConfig, TeacherConfig
+    from pipeline.core.distributed import DistInfo
     from teacher.cache_stage import build_teacher_cache
 
     if backend == "schp":

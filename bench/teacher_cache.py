@@ -38,10 +38,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from data_manifests.clip_plan import build_clip_plan  # noqa: E402
 from data_manifests.manifest import load_manifest  # noqa: E402
-from pipeline.config import ClipsConfig, TeacherConfig  # noqa: E402
-from pipeline.distributed import DistInfo  # noqa: E402
+from pipeline.core.config import ClipsConfig, TeacherConfig  # noqa: E402
+from pipeline.core.distributed import DistInfo  # noqa: E402
 from teacher import cache_stage  # noqa: E402
-from pipeline.fingerprint import sha256_file  # noqa: E402
+from pipeline.core.fingerprint import sha256_file  # noqa: E402
 from teacher.backends import cpu_has_native_bf16, resolve_amp  # noqa: E402
 from teacher.checkpoint import read_state_dict  # noqa: E402
 from teacher.schp import build_schp  # noqa: E402

@@ -19,7 +19,7 @@ from data_manifests.formats import folder, hmdb51, kinetics, ucf101
 from data_manifests.formats.common import FileIndex, Listing
 from data_manifests.manifest import REJECT_REASONS, SPLITS, Manifest, VideoEntry
 from data_manifests.probe import ProbeResult, probe_videos
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 log = logging.getLogger("data_manifests")
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.errors import UserError
-from pipeline.files import atomic_write_text
+from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_write_text
 
 SPLITS = ("train", "val", "test", "unused")
 REJECT_REASONS = ("missing", "undecodable", "zero_frames", "too_short", "not_a_video")

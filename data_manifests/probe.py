@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 
 from data_manifests.video import VideoDecodeError, VideoInfo, open_video, probe_video
-from pipeline.progress import Progress
+from pipeline.core.progress import Progress
 
 
 # Signatures of still-image files: FFmpeg opens these as one-frame "videos" whatever their extension.

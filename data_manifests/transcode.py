@@ -42,9 +42,9 @@ import numpy as np
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_rejected, write_manifest
 from data_manifests.video import VideoDecodeError, open_video
-from pipeline.distributed import DistInfo, job_share
-from pipeline.files import atomic_write_text
-from pipeline.progress import Progress
+from pipeline.core.distributed import DistInfo, job_share
+from pipeline.core.files import atomic_write_text
+from pipeline.core.progress import Progress
 
 log = logging.getLogger("data_manifests")
 
@@ -264,7 +264,7 @@ def build_transcode(manifest_dir: Path, out_dir: Path, spec: TranscodeSpec, *, d
     copies' root. ``complete`` is False while other jobs' videos are missing; the call that
     finds every video finished (on rank 0; the caller synchronises ranks) writes the manifest.
     """
-    from pipeline import distributed
+    from pipeline.core import distributed
 
     out_dir = Path(out_dir)
     final_dir = Path(final_dir or out_dir)

@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from pipeline import distributed
-from pipeline.config import Config, default_toml_text, dump_toml, load_config, toml_value
-from pipeline.errors import user_message
+from pipeline.core import distributed
+from pipeline.core.config import Config, default_toml_text, dump_toml, load_config, toml_value
+from pipeline.core.errors import user_message
 from pipeline.stage import Stage, run_stage, stage_status, verify_stage
 from pipeline.stages import StageGraph
 
@@ -82,7 +82,7 @@ def build(session: Session, cfg: Config, stage: Stage, *, force: bool = False, b
 
 
 class PipelineGroup(click.Group):
-    """The command group: any :class:`~pipeline.errors.UserError` (or an OS error that is the user's
+    """The command group: any :class:`~pipeline.core.errors.UserError` (or an OS error that is the user's
     to fix: no space, no permission, a missing file), wherever it is raised, even inside a
     DataLoader worker, is printed as ONE line and exits 1; ``-v`` shows the traceback instead."""
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.charts import Panel, draw_panel, tile, write_png
+from pipeline.core.charts import Panel, draw_panel, tile, write_png
 
 log = logging.getLogger("pipeline")
 
@@ -145,7 +145,7 @@ def write_run_report(work: Path, cfg: Any, stage_dirs: dict[str, Path], videos: 
 def report_for_run(work: Path, cfg: Any, stages: Sequence[Any]) -> list[Path]:
     """:func:`write_run_report` for the done stages among a run's ``stages`` (rank 0 only; never fatal:
     a picture that cannot be drawn is logged, the run's results stand)."""
-    from pipeline import distributed
+    from pipeline.core import distributed
     from pipeline.stage import STAGE_FILE
 
     if not distributed.current().is_main:

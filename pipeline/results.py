@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import Config
-from pipeline.files import atomic_write_text
+from pipeline.core.config import Config
+from pipeline.core.files import atomic_write_text
 from pipeline.stage import STAGE_FILE, Stage
 
 # The paper's Table 1 (top-1 / top-5), for reference beside our numbers.

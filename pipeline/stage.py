@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline import distributed
-from pipeline.code_digest import code_digests
-from pipeline.config import Config, dump_toml
-from pipeline.distributed import DistInfo
-from pipeline.errors import UserError
-from pipeline.files import atomic_write_text
-from pipeline.fingerprint import canonical_json, sha256_file, sha256_json
+from pipeline.core import distributed
+from pipeline.core.code_digest import code_digests
+from pipeline.core.config import Config, dump_toml
+from pipeline.core.distributed import DistInfo
+from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_write_text
+from pipeline.core.fingerprint import canonical_json, sha256_file, sha256_json
 
 log = logging.getLogger("pipeline")
 
@@ -512,7 +512,7 @@ def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None
         if stage.parallel or dist.is_main:
             summary = stage.build(ctx) or {}
         # a rank-0-only stage (manifest probing: hours) or a rank with more shards keeps the others
-        # waiting: a long-timeout gloo group, not the 30-minute default one (pipeline/distributed.py)
+        # waiting: a long-timeout gloo group, not the 30-minute default one (pipeline/core/distributed.py)
         summary = distributed.broadcast_after_wait(summary)
         elapsed = time.time() - t0
 

@@ -11,17 +11,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, semantic_dict
-from pipeline.fingerprint import DigestCache, file_set_digest
+from pipeline.core.config import Config, ConfigError, semantic_dict
+from pipeline.core.fingerprint import DigestCache, file_set_digest
 from pipeline.stage import BuildContext, Stage, StageError
-from pipeline.tensorboard_log import log_final, log_teacher_maps
+from pipeline.core.tensorboard_log import log_final, log_teacher_maps
 
 log = logging.getLogger("pipeline")
 
 SYNTHETIC_PREFIX = "synthetic:"
 
 # The entry modules of each stage's build: their source, and that of the project modules they
-# import, enter the stage's fingerprint (pipeline/code_digest.py), so new code rebuilds its stage.
+# import, enter the stage's fingerprint (pipeline/core/code_digest.py), so new code rebuilds its stage.
 CODE = {"synthetic": ("data_manifests.synthetic.generate",), "manifest": ("data_manifests.builders",),
         "teacher-cache": ("teacher.cache_stage",), "pretrain": ("student.pretrain",),
         "finetune": ("student.finetune",), "evaluate": ("student.evaluate", "student.human_focus"),

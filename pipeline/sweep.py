@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.config import Config, ConfigError, toml_value
+from pipeline.core.config import Config, ConfigError, toml_value
 from pipeline.stages import StageGraph
 
 PROTOCOLS = ("finetune", "linear-probe")

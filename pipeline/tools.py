@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 from pipeline.stage import stage_status
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
@@ -22,7 +22,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 def parse_image_cmd(image: Path, checkpoint: Path, labels: str, output: Path, device: str) -> None:
     """Parse one image with SCHP and write an SCHP-style palette PNG (compare with SCHP's demo)."""
-    from pipeline.distributed import resolve_device
+    from pipeline.core.distributed import resolve_device
     from teacher.parse_image import parse_image
 
     from teacher.checkpoint import CheckpointError
@@ -71,7 +71,7 @@ def teacher_show_cmd(ctx: click.Context, clip_id: str, output: Path) -> None:
 def visualize_cmd(ctx: click.Context, videos: tuple[Path, ...], classifier: Path | None, out_dir: Path,
                   frames: int, device: str) -> None:
     """Class-activation maps over a clip's frames (the paper's Fig. 3) as PNG strips."""
-    from pipeline.distributed import resolve_device
+    from pipeline.core.distributed import resolve_device
     from student.cam import class_activation_maps
 
     session = ctx.find_root().obj
@@ -87,7 +87,7 @@ def visualize_cmd(ctx: click.Context, videos: tuple[Path, ...], classifier: Path
                                   device=resolve_device(device))
     for p in paths:
         click.echo(f"wrote {p}")
-    from pipeline.tensorboard_log import SUBDIR, log_png_files
+    from pipeline.core.tensorboard_log import SUBDIR, log_png_files
 
     log_png_files(out_dir / SUBDIR, "cam", list(paths))  # optional TensorBoard copy of the strips
 

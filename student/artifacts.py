@@ -1,7 +1,7 @@
 """Model files: the pretrained student (``student.pt``) and the finetuned classifier (``classifier.pt``).
 
 One way from config to model and back (as nanoGPT's ``GPTConfig(**model_args)``): a file stores its
-:class:`~pipeline.config.ModelConfig` as a dict (``dataclasses.asdict``); a reader rebuilds the
+:class:`~pipeline.core.config.ModelConfig` as a dict (``dataclasses.asdict``); a reader rebuilds the
 ``ModelConfig`` from it (:func:`model_config_from`) and the network with :func:`build_student`, the
 one constructor every reader uses (finetune, evaluate, retrieval, linear-probe, export, CAMs).
 A key the file lacks takes ``ModelConfig``'s own default (files written before ``parse_size`` or
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.errors import UserError
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import UserError
 from student.checkpointing import load_checkpoint
 from student.model import ClassifierModel, MultiTaskStudent, load_encoders
 

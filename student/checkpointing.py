@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from pipeline.distributed import is_distributed
-from pipeline.errors import NonFiniteError, UserError, disk_full_error, is_disk_full
-from pipeline.files import atomic_path
+from pipeline.core.distributed import is_distributed
+from pipeline.core.errors import NonFiniteError, UserError, disk_full_error, is_disk_full
+from pipeline.core.files import atomic_path
 
 
 class TrainingInterrupted(RuntimeError):

@@ -30,11 +30,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
-from pipeline.distributed import DistInfo, all_gather_objects
-from pipeline.errors import UserError
-from pipeline.lifetime import DieWithParent
-from pipeline.progress import Progress
-from pipeline.runtime import stage_device
+from pipeline.core.distributed import DistInfo, all_gather_objects
+from pipeline.core.errors import UserError
+from pipeline.core.lifetime import DieWithParent
+from pipeline.core.progress import Progress
+from pipeline.core.runtime import stage_device
 from student.artifacts import load_classifier
 from student.confusion_png import write_confusion_csv, write_confusion_png
 from student.finetune_data import ViewChunks

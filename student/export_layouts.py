@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from student.backbones import RSPNET_PREFIX
 
 LAYOUTS: tuple[str, ...] = ("student", "rspnet", "torchvision", "torchvision-r3d_18", "mmaction2")

@@ -2,7 +2,7 @@
 
 Protocol: RSPNet's presets (``student.protocols``), SGD with a per-iteration schedule
 (``student.optim``), ``finetune.amp`` / ``device`` / ``deterministic`` with the meaning they have in
-every stage (``pipeline.runtime``), DDP + DistributedSampler under torchrun (``batch_size`` is per
+every stage (``pipeline.core.runtime``), DDP + DistributedSampler under torchrun (``batch_size`` is per
 process), SyncBatchNorm on multi-GPU CUDA only.
 
 Epoch selection (``cfg.select_on``):
@@ -25,7 +25,7 @@ The lr schedule is per iteration: cosine to lr/1000 (as RSPNet's pretraining), o
 milestone epoch.
 
 Deterministic mode (``cfg.deterministic``): seeds fixed, cuDNN deterministic and
-``torch.use_deterministic_algorithms``, as in every stage (``pipeline.runtime.deterministic_mode``).
+``torch.use_deterministic_algorithms``, as in every stage (``pipeline.core.runtime.deterministic_mode``).
 
 Resume: ``checkpoints/last.pt`` (model, optimizer, scheduler, scaler, epoch, step within the epoch,
 RNG states, selection state) is written after every epoch and when SIGTERM/SIGINT arrives
@@ -52,11 +52,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
-from pipeline.config import FinetuneConfig, ModelConfig
-from pipeline.distributed import DistInfo, all_gather_objects, barrier
-from pipeline.lifetime import DieWithParent
-from pipeline.progress import MetricsLog, Progress
-from pipeline.runtime import (all_reduce_sum, autocast, deterministic_mode, resolve_amp, stage_device,
+from pipeline.core.config import FinetuneConfig, ModelConfig
+from pipeline.core.distributed import DistInfo, all_gather_objects, barrier
+from pipeline.core.lifetime import DieWithParent
+from pipeline.core.progress import MetricsLog, Progress
+from pipeline.core.runtime import (all_reduce_sum, autocast, deterministic_mode, resolve_amp, stage_device,
                               stop_flag_group, wrap_ddp)
 from student.artifacts import (  # noqa: F401  (load_classifier, read_pretrained_file: re-exported)
     FinetuneError, build_classifier, classifier_record, load_classifier, read_pretrained, read_pretrained_file,
@@ -109,7 +109,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, dist: DistInfo
 # --------------------------------------------------------------------------------------------
 
 def amp_dtype(setting: str, device: str) -> torch.dtype | None:
-    """``finetune.amp`` → autocast dtype (None: float32): :func:`pipeline.runtime.resolve_amp`."""
+    """``finetune.amp`` → autocast dtype (None: float32): :func:`pipeline.core.runtime.resolve_amp`."""
     return resolve_amp(setting, device, key="finetune.amp")
 
 

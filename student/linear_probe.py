@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from data_manifests.manifest import VideoEntry, load_manifest
-from pipeline.distributed import DistInfo
-from pipeline.errors import UserError
-from pipeline.runtime import stage_device
+from pipeline.core.distributed import DistInfo
+from pipeline.core.errors import UserError
+from pipeline.core.runtime import stage_device
 from student.artifacts import resolve_clip_len
 from student.metrics import topk_accuracy, topk_indices
 from student.retrieval import gather_features, load_student, video_features

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.distributed import all_gather_tensor
+from pipeline.core.distributed import all_gather_tensor
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -73,7 +73,7 @@ class KeyQueue(nn.Module):
     ``queue``, ``ids`` and ``ptr`` are registered buffers, so checkpoints hold them and DDP keeps
     them in sync. Starts with random unit vectors (as MoCo does). ``enqueue`` wraps around when
     a batch does not divide ``size``; in DDP the caller gathers the keys (and ids) of every rank
-    first (``pipeline.distributed.all_gather_tensor``) so every rank enqueues the same rows.
+    first (``pipeline.core.distributed.all_gather_tensor``) so every rank enqueues the same rows.
 
     Why the ids: when the queue is not much smaller than the dataset (a small pretraining set, or
     many epochs' worth of a small one), a query meets keys of its own video among its

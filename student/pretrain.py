@@ -30,11 +30,11 @@ from torch import nn
 
 from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import load_manifest
-from pipeline.config import ClipsConfig, ModelConfig, PretrainConfig
-from pipeline.distributed import DistInfo, all_gather_objects, barrier, is_distributed
-from pipeline.errors import UserError
-from pipeline.progress import MetricsLog, Progress
-from pipeline.runtime import (all_reduce_mean, autocast, deterministic_mode, resolve_amp, stage_device,
+from pipeline.core.config import ClipsConfig, ModelConfig, PretrainConfig
+from pipeline.core.distributed import DistInfo, all_gather_objects, barrier, is_distributed
+from pipeline.core.errors import UserError
+from pipeline.core.progress import MetricsLog, Progress
+from pipeline.core.runtime import (all_reduce_mean, autocast, deterministic_mode, resolve_amp, stage_device,
                               stop_flag_group, wrap_ddp)
 from student.checkpointing import (TrainStateError, GracefulStop, TrainingInterrupted, capture_rng,
                                    load_checkpoint, non_finite_loss, restore_rng, save_checkpoint)
@@ -88,7 +88,7 @@ def seed_all(seed: int) -> None:
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``pretrain.amp`` on ``device`` (None: full precision); one meaning in
-    every stage (:func:`pipeline.runtime.resolve_amp`)."""
+    every stage (:func:`pipeline.core.runtime.resolve_amp`)."""
     return resolve_amp(amp, device, key="pretrain.amp")
 
 

@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from data_manifests.clip_plan import Clip, clip_indices, window_indices
 from data_manifests.manifest import Manifest
 from data_manifests.video import read_frames
-from pipeline.config import ClipsConfig, ModelConfig
-from pipeline.errors import UserError
-from pipeline.lifetime import die_with_parent
+from pipeline.core.config import ClipsConfig, ModelConfig
+from pipeline.core.errors import UserError
+from pipeline.core.lifetime import die_with_parent
 from student.transforms import ClipAugment, colour_vector
 
 FrameReader = Callable[..., np.ndarray]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.distributed import all_gather_tensor
+from pipeline.core.distributed import all_gather_tensor
 from student.losses import avid_loss, kd_loss, rsp_loss
 from student.model import MultiTaskStudent
 from student.moco import KeyQueue, MomentumEncoder, batch_shuffle_ddp, batch_unshuffle_ddp

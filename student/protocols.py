@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 STEP_GAMMA = 0.1  # lr multiplier at each milestone of a "step" schedule
 

@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
-from pipeline.distributed import DistInfo, all_gather_objects
-from pipeline.errors import UserError
-from pipeline.lifetime import DieWithParent
-from pipeline.progress import Progress
-from pipeline.runtime import stage_device
+from pipeline.core.distributed import DistInfo, all_gather_objects
+from pipeline.core.errors import UserError
+from pipeline.core.lifetime import DieWithParent
+from pipeline.core.progress import Progress
+from pipeline.core.runtime import stage_device
 from student.evaluate import inference_autocast
 from student.artifacts import pretrained_student, read_pretrained_file, resolve_clip_len
 from student.finetune_data import ViewChunks

@@ -14,9 +14,9 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from pipeline.errors import UserError
-from pipeline.runtime import cpu_has_native_bf16  # noqa: F401  (re-exported: bench/teacher_cache.py)
-from pipeline.runtime import resolve_amp as runtime_amp
+from pipeline.core.errors import UserError
+from pipeline.core.runtime import cpu_has_native_bf16  # noqa: F401  (re-exported: bench/teacher_cache.py)
+from pipeline.core.runtime import resolve_amp as runtime_amp
 from teacher.labels import LABEL_SETS, input_size as label_input_size
 
 log = logging.getLogger("teacher")
@@ -63,7 +63,7 @@ def load_masks(path: Path, frames: Sequence[int]) -> np.ndarray:
 
 
 def resolve_amp(amp: str, device: str | torch.device) -> torch.dtype | None:
-    """``teacher.amp`` → autocast dtype: :func:`pipeline.runtime.resolve_amp` for inference
+    """``teacher.amp`` → autocast dtype: :func:`pipeline.core.runtime.resolve_amp` for inference
     ('auto': fp16 on a GPU; bf16 on a CPU with native bf16, else float32)."""
     return runtime_amp(amp, device, key="teacher.amp", inference=True)
 

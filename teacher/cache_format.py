@@ -26,8 +26,8 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
-from pipeline.errors import DiskFullError, UserError, disk_full_error, is_disk_full
-from pipeline.files import replace_durably
+from pipeline.core.errors import DiskFullError, UserError, disk_full_error, is_disk_full
+from pipeline.core.files import replace_durably
 
 FORMAT_VERSION = 1
 SUM_TOLERANCE = 1e-2  # per-pixel |sum_c p - 1| allowed for a valid row (float16 storage)

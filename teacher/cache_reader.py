@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from teacher.cache_format import SHARD_GLOB, CacheFormatError, ShardMeta, read_meta
 
 Box = tuple[float, float, float, float]

@@ -25,14 +25,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import distributed
-from pipeline.config import ClipsConfig, TeacherConfig
-from pipeline.distributed import DistInfo, job_share
-from pipeline.errors import UserError
-from pipeline.files import atomic_write_text
-from pipeline.lifetime import DieWithParent
-from pipeline.progress import MetricsLog, Progress
-from pipeline.runtime import stage_device
+from pipeline.core import distributed
+from pipeline.core.config import ClipsConfig, TeacherConfig
+from pipeline.core.distributed import DistInfo, job_share
+from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_write_text
+from pipeline.core.lifetime import DieWithParent
+from pipeline.core.progress import MetricsLog, Progress
+from pipeline.core.runtime import stage_device
 from teacher.backends import TeacherBackend, backend_labels, input_loader, make_backend
 from teacher.cache_format import (CacheFormatError, ShardMeta, ShardWriter, finalize_shard, num_shards as count_shards,
                                   shard_failures, shard_is_current, shard_name, shard_range, temp_name, verify_shard)

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
-from pipeline.fingerprint import sha256_file
+from pipeline.core.errors import UserError
+from pipeline.core.fingerprint import sha256_file
 from teacher.labels import LABEL_SETS, check_label_set
 from teacher.norm import ABNNorm
 from teacher.schp import AugmentCE2P, build_schp

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
-from pipeline.files import atomic_write_bytes
+from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_write_bytes
 from teacher.checkpoint import CheckpointError, load_schp
 from teacher.labels import check_label_set, input_size as default_input_size, palette
 from teacher.preprocess import parse_to_labels

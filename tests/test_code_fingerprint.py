@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import code_digest
-from pipeline.code_digest import PACKAGES, source_files
-from pipeline.config import load_config
+from pipeline.core import code_digest
+from pipeline.core.code_digest import PACKAGES, source_files
+from pipeline.core.config import load_config
 from pipeline.stage import explain_change
 from pipeline.stages import StageGraph
 
@@ -66,7 +66,7 @@ def test_generator_edit_rebuilds_everything_downstream(project_copy: Path, tmp_p
 
 
 def test_execution_only_module_edit_rebuilds_nothing(project_copy: Path, tmp_path: Path):
-    for rel in ("pipeline/cli.py", "pipeline/progress.py", "pipeline/stages.py"):
+    for rel in ("pipeline/cli.py", "pipeline/core/progress.py", "pipeline/stages.py"):
         changed, _ = _edit_and_compare(project_copy, tmp_path / "w", rel)
         assert changed == set(), rel
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, dump_toml, load_config, semantic_dict
+from pipeline.core.config import ConfigError, dump_toml, load_config, semantic_dict
 
 
 def test_default_config_loads_and_is_valid():

@@ -107,7 +107,7 @@ def test_every_stage_output(work: Path):
 @pytest.mark.slow
 def test_pretraining_changed_the_weights_that_finetuning_starts_from(work: Path):
     """The pretrained encoders differ from their random initialisation and reach finetuning intact."""
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from student.finetune import build_classifier
     from student.pretrain import build_pretrain_model, seed_all
 

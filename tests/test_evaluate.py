@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EvaluateConfig
-from pipeline.distributed import DistInfo
+from pipeline.core.config import EvaluateConfig
+from pipeline.core.distributed import DistInfo
 from student.confusion_png import read_confusion_csv
 from student.evaluate import EvaluationError, VideoScore, check_gathered, evaluate, rank_positions
 from data_manifests.manifest import load_manifest
@@ -108,8 +108,8 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from pipeline.config import EvaluateConfig
-    from pipeline.distributed import cleanup, init_distributed
+    from pipeline.core.config import EvaluateConfig
+    from pipeline.core.distributed import cleanup, init_distributed
     from student.evaluate import evaluate
     man, ft, out = map(Path, sys.argv[1:4])
     d = init_distributed("cpu")

@@ -24,7 +24,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from test_end_to_end import TINY
 
 DATA_STAGES = 'run.stages=["synthetic", "manifest", "teacher-cache"]'
@@ -238,7 +238,7 @@ def test_6_file_size_limit_while_writing_the_cache_is_one_line_and_resumable(wor
 def test_6_disk_full_while_saving_a_checkpoint_names_the_file(tmp_path: Path):
     import resource
 
-    from pipeline.errors import DiskFullError
+    from pipeline.core.errors import DiskFullError
     from student.checkpointing import save_checkpoint
 
     path = tmp_path / "ckpt" / "last.pt"
@@ -297,7 +297,7 @@ _ORPHAN_SCRIPT = """
 import os, signal, sys, time
 import torch
 from torch.utils.data import DataLoader, Dataset
-from pipeline.lifetime import DieWithParent
+from pipeline.core.lifetime import DieWithParent
 
 class Slow(Dataset):
     def __len__(self): return 100
@@ -341,7 +341,7 @@ def test_8_decode_workers_die_with_their_parent(tmp_path: Path):
 
 # ---------------------------------------------------------------------------------------------- 9
 def test_9_a_stage_being_built_elsewhere_is_refused_with_its_pid(tmp_path: Path):
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.stage import stage_lock
     from pipeline.stages import StageGraph
 

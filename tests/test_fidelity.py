@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from data_manifests.clip_plan import Clip, anchor_frames
 from data_manifests.manifest import Manifest, VideoEntry
-from pipeline.config import ClipsConfig, ModelConfig, PretrainConfig, load_config
+from pipeline.core.config import ClipsConfig, ModelConfig, PretrainConfig, load_config
 from student.protocols import resolve_protocol, view_aggregation
 from student.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipAugment
 
@@ -95,8 +95,8 @@ def test_evaluate_uses_logits_for_a_paper_protocol_classifier(tmp_path: Path) ->
     from student.evaluate import evaluate
     from tiny_videos import make_dataset, tiny_model_config, write_classifier
 
-    from pipeline.config import EvaluateConfig
-    from pipeline.distributed import DistInfo
+    from pipeline.core.config import EvaluateConfig
+    from pipeline.core.distributed import DistInfo
 
     man = make_dataset(tmp_path, classes=3, train_per_class=0, test_per_class=1, frames=10)
     cfg = EvaluateConfig(clips=2, crops=1, chunk=2, workers=0, device="cpu")

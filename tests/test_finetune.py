@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import FinetuneConfig
-from pipeline.distributed import DistInfo
+from pipeline.core.config import FinetuneConfig
+from pipeline.core.distributed import DistInfo
 from student.checkpointing import TrainingInterrupted, load_checkpoint
 from student.finetune import FinetuneError, finetune, load_classifier, stratified_holdout
 from student.finetune_data import (TrainClips, clip_indices, multi_views, random_resized_box, view_crop_boxes,
@@ -251,8 +251,8 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[4])
-from pipeline.config import FinetuneConfig
-from pipeline.distributed import cleanup, init_distributed
+from pipeline.core.config import FinetuneConfig
+from pipeline.core.distributed import cleanup, init_distributed
 from student.finetune import finetune
 from tiny_videos import CLIP_LEN, tiny_model_config
 man, pre, out = map(Path, sys.argv[1:4])

@@ -78,7 +78,7 @@ def test_pretraining_with_gpu_augmentation_matches_cpu_augmentation(toy, tmp_pat
     import dataclasses as dc
 
     import test_pretrain as tp
-    from pipeline.distributed import DistInfo
+    from pipeline.core.distributed import DistInfo
     from student.pretrain import pretrain
 
     cfg = dc.replace(tp.CFG, epochs=1, max_steps_per_epoch=1, deterministic=False)

@@ -1,18 +1,17 @@
-"""One-way layering, checked by reading ``import`` statements (no module is executed).
+"""One-way layering, checked by folder by reading ``import`` statements (no module is executed).
 
-The layers, bottom to top::
+The floors, bottom to top::
 
-    pipeline helpers (leaf)   config, distributed, runtime, progress, fingerprint, files, errors, charts,
-                              code_digest, tensorboard_log, lifetime, and the package itself (__version__)
+    pipeline/core/            config, run time, distributed, files, errors, progress, fingerprints, ...
             ^
     library                   data_manifests/, teacher/, student/
             ^
-    orchestration (top)       pipeline.cli, stages, stage, report, summary, results, tools, sweep
+    pipeline/ (the rest)      CLI, stage engine, stage builders, report, sweep, results
 
-A module may import its own layer or the ones below, never one above. Every import counts: module
-level, inside functions (a "lazy" import hides a cycle, it does not remove it) and under
-``TYPE_CHECKING``. A new module in ``pipeline/`` must be put in one of the two lists below, so that
-nobody adds a helper that quietly depends on the CLI.
+``pipeline.core`` imports nothing of the project outside ``pipeline/core/``; the libraries import
+nothing of ``pipeline`` outside ``pipeline/core/``. Every import counts: module level, inside
+functions (a "lazy" import hides a cycle, it does not remove it) and under ``TYPE_CHECKING``. The
+floor of a module is its folder, so a new file needs no list to be checked.
 """
 from __future__ import annotations
 
@@ -22,17 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = ("data_manifests", "teacher", "student")
 PROJECT = ("pipeline", *LIBRARY)
-# The helper layer: imports nothing of the project outside this set.
-LEAF = frozenset({
-    "pipeline", "pipeline.config", "pipeline.distributed", "pipeline.runtime", "pipeline.progress",
-    "pipeline.fingerprint", "pipeline.files", "pipeline.errors", "pipeline.charts", "pipeline.code_digest",
-    "pipeline.tensorboard_log", "pipeline.lifetime",
-})
-# The orchestration layer: may import anything; nothing in the library or the leaf may import it.
-TOP = frozenset({
-    "pipeline.cli", "pipeline.stages", "pipeline.stage", "pipeline.report", "pipeline.summary",
-    "pipeline.results", "pipeline.tools", "pipeline.sweep",
-})
+CORE = "pipeline.core"
 
 
 def project_modules(root: Path) -> dict[str, Path]:
@@ -69,46 +58,53 @@ def imported(module: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in out if m.split(".")[0] in PROJECT}
 
 
+def in_core(module: str) -> bool:
+    return module == CORE or module.startswith(CORE + ".")
+
+
+def floor(module: str) -> int:
+    """0 for pipeline/core/, 1 for the libraries, 2 for the rest of pipeline/."""
+    if in_core(module):
+        return 0
+    return 1 if module.split(".")[0] in LIBRARY else 2
+
+
 def upward_imports(root: Path) -> list[str]:
-    """Every import that points up the layers, as ``"importer -> imported"`` lines."""
+    """Every import that points up the floors, as ``"importer -> imported"`` lines."""
     modules = project_modules(root)
     known = set(modules)
     bad = []
     for module, path in modules.items():
-        targets = imported(module, path, known)
-        if module.split(".")[0] in LIBRARY:
-            up = {t for t in targets if t.split(".")[0] == "pipeline" and t not in LEAF}
-        elif module in LEAF:
-            up = {t for t in targets if t not in LEAF}
-        else:
-            up = set()
-        bad += [f"{module} -> {t}" for t in sorted(up)]
+        # `import pipeline.core.x` names the package `pipeline` too; only the module itself counts.
+        targets = {t for t in imported(module, path, known) if t != "pipeline" or floor(module) == 2}
+        bad += [f"{module} -> {t}" for t in sorted(targets) if floor(t) > floor(module)]
     return bad
 
 
-def test_no_module_imports_a_layer_above_its_own() -> None:
+def test_no_module_imports_a_floor_above_its_own() -> None:
     bad = upward_imports(REPO)
-    assert bad == [], ("upward imports (move the shared code down into a pipeline helper, or pass "
+    assert bad == [], ("upward imports (move the shared code down into pipeline/core/, or pass "
                        "the value in from the caller):\n  " + "\n  ".join(bad))
 
 
-def test_every_pipeline_module_is_in_exactly_one_layer() -> None:
-    pipeline = {m for m in project_modules(REPO) if m.split(".")[0] == "pipeline"}
-    assert not LEAF & TOP
-    unplaced = sorted(pipeline - LEAF - TOP)
-    assert unplaced == [], f"put these in LEAF or TOP in {Path(__file__).name}: {unplaced}"
+def test_core_is_a_folder_of_its_own() -> None:
+    modules = project_modules(REPO)
+    assert CORE in modules and modules[CORE].parent.name == "core"
+    assert {m for m in modules if in_core(m)} >= {f"{CORE}.config", f"{CORE}.errors", f"{CORE}.files"}
 
 
 def test_the_checker_sees_lazy_relative_and_type_checking_imports(tmp_path: Path) -> None:
     """The check itself can fail: a fake tree with one upward import of each kind is reported."""
-    for pkg in PROJECT:
+    for pkg in (*PROJECT, "pipeline/core"):
         (tmp_path / pkg).mkdir()
         (tmp_path / pkg / "__init__.py").write_text("")
     (tmp_path / "pipeline" / "cli.py").write_text("")
-    (tmp_path / "pipeline" / "config.py").write_text("def f():\n    from . import cli\n")
-    (tmp_path / "pipeline" / "errors.py").write_text("from student import model\n")
+    (tmp_path / "pipeline" / "core" / "config.py").write_text("def f():\n    from .. import cli\n")
+    (tmp_path / "pipeline" / "core" / "errors.py").write_text("from student import model\n")
     (tmp_path / "student" / "model.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline.stages import X\n")
-    (tmp_path / "teacher" / "ok.py").write_text("from pipeline.config import f\nfrom pipeline import errors\n")
-    assert upward_imports(tmp_path) == ["pipeline.config -> pipeline.cli", "pipeline.errors -> student.model",
-                                        "student.model -> pipeline.stages"]
+    (tmp_path / "teacher" / "ok.py").write_text("from pipeline.core.config import f\nfrom pipeline.core import errors\n")
+    (tmp_path / "teacher" / "up.py").write_text("from pipeline import cli\n")
+    assert sorted(upward_imports(tmp_path)) == ["pipeline.core.config -> pipeline.cli",
+                                                "pipeline.core.errors -> student.model",
+                                                "student.model -> pipeline.stages", "teacher.up -> pipeline.cli"]

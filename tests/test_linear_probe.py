@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.sweep import Run, aggregate, run_overrides, run_sweep, table_lines
 from student.linear_probe import fit_logistic, standardise
 from tiny_pipeline import invoke, pretrained_work, stage_folder

@@ -23,8 +23,8 @@ import torch
 from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import Manifest, VideoEntry, write_manifest
 from data_manifests.video import count_frames
-from pipeline.config import ClipsConfig, ModelConfig, PretrainConfig
-from pipeline.distributed import DistInfo
+from pipeline.core.config import ClipsConfig, ModelConfig, PretrainConfig
+from pipeline.core.distributed import DistInfo
 from student.checkpointing import (TrainStateError, GracefulStop, TrainingInterrupted, capture_rng,
                                    load_checkpoint, restore_rng, save_checkpoint)
 from student.optim import build_sgd, cosine_schedule, current_lr, multistep_schedule, scaled_lr
@@ -307,7 +307,7 @@ def test_amp_choice_per_device() -> None:
 def _ddp_worker(rank: int, port: str, toy: dict, out: Path, results: Path, cfg: PretrainConfig) -> None:
     """One rank, in a forked child: spy on the gather whose result the model enqueues, train, save what it saw."""
     import student.pretrain_model as pmod
-    from pipeline.distributed import cleanup, init_distributed
+    from pipeline.core.distributed import cleanup, init_distributed
 
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})

@@ -13,7 +13,7 @@ from torch.utils.data import DistributedSampler
 
 from data_manifests.clip_plan import Clip, anchor_frames, clip_indices
 from data_manifests.manifest import Manifest, VideoEntry
-from pipeline.config import ClipsConfig, ModelConfig
+from pipeline.core.config import ClipsConfig, ModelConfig
 from student.pretrain_data import EpochSampler, PretrainClipDataset, build_pretrain_loader, item_rng
 from student.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipAugment, ClipAugParams, CropBox, sample_crop
 

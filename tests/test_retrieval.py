@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import RetrievalConfig
-from pipeline.distributed import DistInfo
+from pipeline.core.config import RetrievalConfig
+from pipeline.core.distributed import DistInfo
 from student import retrieval as retrieval_mod
 from student.retrieval import RetrievalError, gather_features, retrieval, video_features
 from data_manifests.manifest import load_manifest

@@ -1,4 +1,4 @@
-"""pipeline.runtime: each run-time setting means the same in every stage (teacher, pretrain, finetune, ...).
+"""pipeline.core.runtime: each run-time setting means the same in every stage (teacher, pretrain, finetune, ...).
 
 One test per setting, run across the stages' own entry points for it: ``amp`` (each value, CPU and
 GPU), ``deterministic``, ``device``, and the DDP / all-reduce helpers in a single process. No GPU
@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import runtime
-from pipeline.distributed import DistInfo
-from pipeline.errors import UserError
+from pipeline.core import runtime
+from pipeline.core.distributed import DistInfo
+from pipeline.core.errors import UserError
 from student import finetune as ft
 from student import pretrain as pt
 from teacher import backends
@@ -119,7 +119,7 @@ def test_every_stage_takes_its_device_from_runtime(path: str) -> None:
     """No stage keeps its own device formula: it imports stage_device and never resolve_device."""
     names = {(node.module, alias.name) for node in ast.walk(ast.parse((REPO / path).read_text()))
              if isinstance(node, ast.ImportFrom) for alias in node.names}
-    assert ("pipeline.runtime", "stage_device") in names
+    assert ("pipeline.core.runtime", "stage_device") in names
     assert not any(name == "resolve_device" for _, name in names)
 
 
@@ -135,10 +135,10 @@ def test_single_process_helpers_are_identities() -> None:
 
 
 def test_pretraining_input_mistakes_are_one_line_user_errors(tmp_path: Path) -> None:
-    """What the CLI prints for them (pipeline.errors.user_message): one line naming the key, no traceback."""
+    """What the CLI prints for them (pipeline.core.errors.user_message): one line naming the key, no traceback."""
     from test_pretrain import CFG, CLIPS, MODEL, toy  # noqa: F401  (the fixture, built here by hand)
 
-    from pipeline.errors import user_message
+    from pipeline.core.errors import user_message
 
     manifest = _toy_manifest(tmp_path)
     no_kd, fp16 = dataclasses.replace(MODEL, kd=False), dataclasses.replace(CFG, amp="fp16", batch_size=1)

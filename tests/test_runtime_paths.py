@@ -31,8 +31,8 @@ import json, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from pipeline import distributed
-from pipeline.config import load_config
+from pipeline.core import distributed
+from pipeline.core.config import load_config
 from pipeline.stage import Stage, StageError, run_stage
 
 scenario, out = sys.argv[1], Path(sys.argv[2])
@@ -133,7 +133,7 @@ def test_cpu_tensors_in_a_group_made_for_cuda(tmp_path: Path) -> None:
 
 
 def test_group_backend_has_a_cpu_side_when_cuda_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import distributed
+    from pipeline.core import distributed
 
     monkeypatch.delenv("PIPELINE_DIST_BACKEND", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -146,7 +146,7 @@ def test_cuda_n_is_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_p
     """(b) ``--device cuda:1`` under torchrun would put every rank on GPU 1: one clear line, before any group."""
     from click.testing import CliRunner
 
-    from pipeline import distributed
+    from pipeline.core import distributed
     from pipeline.cli import main
 
     monkeypatch.setenv("RANK", "0")
@@ -161,7 +161,7 @@ def test_cuda_n_is_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_run_resolves_the_device_of_each_stage() -> None:
     from pipeline.cli import stage_device
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.stages import StageGraph
 
     cfg = load_config(None, ['pretrain.device="cuda"', 'finetune.device="cpu"'])

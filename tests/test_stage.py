@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.stage import STAGE_FILE, Stage, StageError, run_stage, stage_status
 from pipeline.stages import StageGraph
 
@@ -19,7 +19,7 @@ def _fp(work: Path, *overrides: str) -> dict[str, str]:
 
 
 def test_fingerprint_equal_across_processes(tmp_path: Path):
-    code = ("import json,sys; from pathlib import Path; from pipeline.config import load_config; "
+    code = ("import json,sys; from pathlib import Path; from pipeline.core.config import load_config; "
             "from pipeline.stages import StageGraph; w=Path(sys.argv[1]); "
             "g=StageGraph(load_config(overrides=['pretrain.epochs=2']), w); "
             "print(json.dumps({s.key: s.fingerprint(w) for s in g.run_stages()}))")
@@ -133,7 +133,7 @@ def test_dry_run_builds_nothing(tmp_path: Path):
 
 
 def test_digest_cache_reuses_hash_until_file_changes(tmp_path: Path):
-    from pipeline.fingerprint import DigestCache, sha256_file
+    from pipeline.core.fingerprint import DigestCache, sha256_file
 
     f = tmp_path / "ckpt.pth"
     f.write_bytes(b"x" * 1000)

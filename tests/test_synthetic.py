@@ -258,7 +258,7 @@ def test_spec_validation_and_config_mapping():
     with pytest.raises(ValueError, match="even"):
         SyntheticSpec(size=(97, 72))
 
-    class Section:  # the shape of pipeline.config.SyntheticConfig
+    class Section:  # the shape of pipeline.core.config.SyntheticConfig
         seed, frames, width, height, fps = 5, 32, 112, 112, 30
         kinetics_per_class, ucf_per_class, hmdb_per_class, workers = 4, 6, 8, 2
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from data_manifests.manifest import Manifest, VideoEntry, write_manifest
-from pipeline.config import ClipsConfig, TeacherConfig
-from pipeline.distributed import DistInfo
+from pipeline.core.config import ClipsConfig, TeacherConfig
+from pipeline.core.distributed import DistInfo
 from teacher import cache_stage
 from teacher.cache_format import SUM_TOLERANCE, CacheFormatError, shard_name, temp_name, verify_shard
 from teacher.cache_reader import TeacherCache
@@ -286,8 +286,8 @@ import json, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from pipeline.config import ClipsConfig, TeacherConfig
-from pipeline.distributed import init_distributed, cleanup
+from pipeline.core.config import ClipsConfig, TeacherConfig
+from pipeline.core.distributed import init_distributed, cleanup
 from teacher.cache_stage import build_teacher_cache
 args = json.loads(sys.argv[1])
 dist = init_distributed("cpu")

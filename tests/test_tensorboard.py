@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import tensorboard_log
-from pipeline.progress import MetricsLog
+from pipeline.core import tensorboard_log
+from pipeline.core.progress import MetricsLog
 from tiny_pipeline import invoke, pretrained_work, stage_folder
 
 needs_tb = pytest.mark.skipif(not tensorboard_log.available(),

@@ -29,7 +29,7 @@ from data_manifests.manifest import Manifest, VideoEntry, load_manifest, write_m
 from data_manifests.transcode import (FAILED_FILE, TranscodeSpec, assigned_videos, build_transcode, copy_relpath,
                                       output_size, transcode_video)
 from data_manifests import video as V
-from pipeline.distributed import DistInfo
+from pipeline.core.distributed import DistInfo
 
 from test_video import CLIPS
 
@@ -187,7 +187,7 @@ def _run_killed(man: Path, out: Path) -> int:
     """Start build_transcode in a child process, SIGKILL it once the first copy exists; the number of
     copies left behind."""
     code = ("import sys; from pathlib import Path; from data_manifests.transcode import build_transcode, TranscodeSpec;"
-            "from pipeline.distributed import DistInfo;"
+            "from pipeline.core.distributed import DistInfo;"
             "build_transcode(Path(sys.argv[1]), Path(sys.argv[2]), TranscodeSpec(), dist=DistInfo(), progress=False)")
     child = subprocess.Popen([sys.executable, "-c", code, str(man), str(out)], cwd=REPO)
     deadline = time.time() + 60
@@ -244,7 +244,7 @@ def test_sharded_jobs_and_corrupt_input(shared_data, tmp_path):
 
 
 def test_stage_wiring_follows_the_config(tmp_path):
-    from pipeline.config import ConfigError, load_config
+    from pipeline.core.config import ConfigError, load_config
     from pipeline.stages import StageGraph
 
     def keys(cfg):

@@ -62,7 +62,7 @@ def make_dataset(tmp: Path, *, classes: int = 3, train_per_class: int = 4, test_
 
 
 def tiny_model_config(**over):
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
 
     return ModelConfig(**{**TINY_MODEL, **over})
 

@@ -10,8 +10,8 @@ from typing import Any
 import cv2
 from joblib import Parallel, delayed
 
-from pipeline.files import atomic_write_text
-from pipeline.progress import Progress
+from pipeline.core.files import atomic_write_text
+from pipeline.core.progress import Progress
 
 from .layouts import (PlannedVideo, plan_dataset, write_hmdb51_splits, write_kinetics_annotations,
                       write_ucf101_splits)

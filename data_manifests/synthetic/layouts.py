@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.files import atomic_write_text
+from pipeline.core.files import atomic_write_text
 
 from .actions import hmdb_name, kinetics_label, ucf_name
 from .render import Look, VideoJob

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.files import atomic_path
+from pipeline.core.files import atomic_path
 
 MASK_SUFFIX = ".parts.npz"
 MASK_KEY = "masks"

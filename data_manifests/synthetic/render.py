@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.files import atomic_path
+from pipeline.core.files import atomic_path
 
 from .actions import Style, get_action
 from .figure import INST, INSTANCE_TO_PART, INSTANCES, Body, Camera, draw_figure

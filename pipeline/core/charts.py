@@ -13,7 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from pipeline.files import atomic_write_bytes
+from pipeline.core.files import atomic_write_bytes
 
 COLOURS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140),
            (194, 119, 227), (127, 127, 127)]  # BGR: tab10

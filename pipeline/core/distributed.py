@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist  # `dist` is a DistInfo everywhere else
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipeline", "teacher", "student", "data_manifests")
 # Execution-only modules: how a stage is scheduled, reported or configured, not what it computes.
 # (Config values that change outputs enter the fingerprint as values, not as config.py's source.)
 EXECUTION_ONLY = frozenset({
-    "pipeline", "pipeline.cli", "pipeline.stages", "pipeline.stage", "pipeline.progress", "pipeline.config",
-    "pipeline.fingerprint", "pipeline.files", "pipeline.errors", "pipeline.code_digest", "pipeline.results",
-    "pipeline.tools",
+    "pipeline", "pipeline.cli", "pipeline.stages", "pipeline.stage", "pipeline.results", "pipeline.tools",
+    "pipeline.core", "pipeline.core.progress", "pipeline.core.config", "pipeline.core.fingerprint",
+    "pipeline.core.files", "pipeline.core.errors", "pipeline.core.code_digest",
 })
 
 

@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass per TOML section, validated once at the edge.
 
-A config is either the built-in demo (``pipeline/default.toml``, package data) or a user TOML
+A config is either the built-in demo (``pipeline/core/default.toml``, package data) or a user TOML
 file over the dataclass defaults (the paper's settings), then ``--set section.key=value``
 overrides. Every key is
 checked against the dataclass fields: an unknown key, a wrong type or an out-of-range value is a
@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -374,7 +374,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def default_toml_text() -> str:
-    return resources.files("pipeline").joinpath("default.toml").read_text(encoding="utf-8")
+    return resources.files("pipeline.core").joinpath("default.toml").read_text(encoding="utf-8")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

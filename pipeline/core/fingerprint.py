@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.files import atomic_write_text
+from pipeline.core.files import atomic_write_text
 
 
 def canonical_json(obj: Any) -> str:

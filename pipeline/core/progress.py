@@ -102,7 +102,7 @@ class MetricsLog:
     """Append-only JSONL metrics (one object per line, flushed), easy to plot with pandas.
 
     With the ``tensorboard`` extra installed, every record is mirrored as TensorBoard scalars into
-    ``<folder of path>/tensorboard`` (pipeline/tensorboard_log.py); ``tensorboard=False`` opts out.
+    ``<folder of path>/tensorboard`` (pipeline/core/tensorboard_log.py); ``tensorboard=False`` opts out.
     """
 
     def __init__(self, path: Path | str, enabled: bool = True, tensorboard: bool = True) -> None:
@@ -114,7 +114,7 @@ class MetricsLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
             if tensorboard:
-                from pipeline.tensorboard_log import SUBDIR, open_writer
+                from pipeline.core.tensorboard_log import SUBDIR, open_writer
 
                 self._tb = open_writer(self.path.parent / SUBDIR)
 

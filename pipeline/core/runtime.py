@@ -20,7 +20,7 @@ pretraining but silently ran float32 in the teacher and in finetuning; finetunin
              autotuning on CUDA (fixed clip shapes). The previous settings come back afterwards.
 
 Also here: DDP wrapping, the gloo group a CPU-side stop flag needs under NCCL, and the metric
-all-reduces. "Are we distributed?" is :func:`pipeline.distributed.is_distributed`.
+all-reduces. "Are we distributed?" is :func:`pipeline.core.distributed.is_distributed`.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from pipeline.distributed import DistInfo, is_distributed, resolve_device
-from pipeline.errors import UserError
+from pipeline.core.distributed import DistInfo, is_distributed, resolve_device
+from pipeline.core.errors import UserError
 
 AMP_CHOICES = ("auto", "off", "fp16", "bf16")
 

@@ -1,6 +1,6 @@
 """Optional TensorBoard event files, written from the SAME records as ``metrics.jsonl``.
 
-``pip install -e ".[tensorboard]"`` turns them on: every :class:`~pipeline.progress.MetricsLog`
+``pip install -e ".[tensorboard]"`` turns them on: every :class:`~pipeline.core.progress.MetricsLog`
 then mirrors its records into ``<stage folder>/tensorboard/`` (losses, accuracies, learning rate,
 clips/s, as ``<event>/<key>`` scalars), the evaluation stages add their final figures (top-1 /
 top-5, R@k), and the teacher cache adds a strip of its first parsing maps as an image, so
