@@ -103,7 +103,8 @@ def test_the_checker_sees_lazy_relative_and_type_checking_imports(tmp_path: Path
     (tmp_path / "pipeline" / "core" / "errors.py").write_text("from student import model\n")
     (tmp_path / "student" / "model.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline.stages import X\n")
-    (tmp_path / "teacher" / "ok.py").write_text("from pipeline.core.config import f\nfrom pipeline.core import errors\n")
+    (tmp_path / "teacher" / "ok.py").write_text(
+        "from pipeline.core.config import f\nfrom pipeline.core import errors\n")
     (tmp_path / "teacher" / "up.py").write_text("from pipeline import cli\n")
     assert sorted(upward_imports(tmp_path)) == ["pipeline.core.config -> pipeline.cli",
                                                 "pipeline.core.errors -> student.model",
