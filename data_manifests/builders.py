@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Sequence
 
-from data_manifests.formats import folder, hmdb51, kinetics, ucf101
+from data_manifests.formats import folder, hmdb51, kinetics, rawframes, ucf101
 from data_manifests.formats.common import FileIndex, Listing
 from data_manifests.manifest import REJECT_REASONS, SPLITS, Manifest, VideoEntry
 from data_manifests.probe import ProbeResult, probe_videos
@@ -23,7 +23,8 @@ from pipeline.core.errors import UserError
 
 log = logging.getLogger("data_manifests")
 
-FORMATS: dict[str, ModuleType] = {"ucf101": ucf101, "hmdb51": hmdb51, "kinetics400": kinetics, "folder": folder}
+FORMATS: dict[str, ModuleType] = {"ucf101": ucf101, "hmdb51": hmdb51, "kinetics400": kinetics, "folder": folder,
+                                  "rawframes": rawframes}
 ALIASES = {"kinetics": "kinetics400", "k400": "kinetics400", "ucf": "ucf101", "hmdb": "hmdb51"}
 Annotations = str | os.PathLike | Sequence[str | os.PathLike] | None
 
@@ -40,7 +41,7 @@ class DatasetError(UserError, FileNotFoundError):
     """The dataset root is not there, or nothing under it is usable."""
 
 
-_ALWAYS_SHOWN = ("missing", "undecodable", "zero_frames", "too_short")
+_ALWAYS_SHOWN = ("missing", "undecodable", "zero_frames", "too_short")  # others: only when they occur
 _PARSE_ERRORS = (ValueError, KeyError, OSError, UnicodeDecodeError)
 _HMDB51_SPLIT_FILE = re.compile(r"^(.+)_test_split[123]\.txt$")
 
@@ -79,6 +80,16 @@ def list_video_files(root: str | os.PathLike) -> list[Path]:
     which videos a build can find."""
     root = Path(root)
     return [root / f for f in FileIndex(root).files]
+
+
+def list_input_files(kind: str, root: str | os.PathLike) -> list[Path]:
+    """The files whose (relpath, size, mtime) define what a build of ``kind`` can find: the video
+    files, or for frame folders (rawframes) the image files."""
+    if _kind(kind) == "rawframes":
+        from data_manifests.frames import list_frame_files
+
+        return list_frame_files(root)
+    return list_video_files(root)
 
 
 def _check_missing(kind: str, root: Path, listing: Listing, allow_missing: bool,
@@ -131,10 +142,27 @@ def _rejection(res: ProbeResult, min_frames: int, path: Path) -> tuple[str | Non
     return None, ""
 
 
+def _listed_count_rejection(res: ProbeResult, listed: int, min_frames: int) -> tuple[str | None, str, int]:
+    """(reject reason, detail, frames to record) of a frame folder whose list states ``listed`` frames:
+    all of them must be there and decode; frames beyond them are not used."""
+    info = res.info
+    if info is None:
+        return "missing", res.error or "", 0
+    if info.frames < listed:
+        why = res.error if res.error else f"frame {info.frames} is missing"
+        return "bad_frames", f"{why}; the list says {listed} frames, the first {info.frames} are usable", 0
+    if listed == 0:
+        return "zero_frames", "the list says 0 frames", 0
+    if listed < min_frames:
+        return "too_short", f"{listed} frames < min_frames={min_frames}", 0
+    return None, "", listed
+
+
 def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations = None, split: int = 1, *,
                    min_frames: int = 0, allow_missing: bool = False, workers: int = 2,
                    progress: bool = True, classes: Sequence[str] | None = None,
-                   max_missing_fraction: float = 0.01) -> tuple[Manifest, list[dict]]:
+                   max_missing_fraction: float = 0.01,
+                   format_options: dict | None = None) -> tuple[Manifest, list[dict]]:
     """(manifest of usable videos, rejected records) for dataset ``kind`` under ``root``.
 
     ``annotations``: ucf101/hmdb51 the folder of official split files; kinetics400 one or more
@@ -142,7 +170,9 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
     the official split (1-3) for ucf101/hmdb51. Rejected records are
     ``{"id", "path", "reason", "detail"}`` with reason in missing|undecodable|zero_frames|too_short.
     Raises MissingVideosError when more than ``max_missing_fraction`` of the listed videos are not
-    found, unless ``allow_missing``.
+    found, unless ``allow_missing``. rawframes: ``annotations`` are list files, ``classes`` the class
+    names, ``format_options`` its filename_tmpl / start_index / fps (formats/rawframes.py); a folder
+    whose listed frames are not all there and decodable is rejected as "bad_frames".
     """
     k = _kind(kind)
     root_path = Path(root).expanduser().absolute()
@@ -152,7 +182,7 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
         raise ValueError(f"min_frames must be >= 0, got {min_frames}")
     index = FileIndex(root_path)
     try:
-        listing = FORMATS[k].parse(_paths(annotations), split, index, classes)
+        listing = FORMATS[k].parse(_paths(annotations), split, index, classes, **(format_options or {}))
     except _PARSE_ERRORS as exc:
         raise _annotation_error(k, exc) from exc
     if not listing.items:
@@ -175,13 +205,17 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
             continue
         res = next(results)
         info = res.info
-        reason, detail = _rejection(res, min_frames, root_path / item.path)
+        if item.frames is not None:
+            reason, detail, frames = _listed_count_rejection(res, item.frames, min_frames)
+        else:
+            reason, detail = _rejection(res, min_frames, root_path / item.path)
+            frames = info.frames if info is not None else 0
         if reason is not None:
             rejected.append({"id": item.id, "path": item.path, "reason": reason, "detail": detail})
             continue
         assert info is not None
         entries.append(VideoEntry(id=item.id, path=item.path, label=item.label, split=item.split,
-                                  frames=info.frames, fps=info.fps, width=info.width, height=info.height))
+                                  frames=frames, fps=info.fps or item.fps, width=info.width, height=info.height))
     if not entries:
         reasons = Counter(r["reason"] for r in rejected)
         raise DatasetError(f"{k}: no usable video under {root_path} ({len(listing.items)} listed; rejected: "

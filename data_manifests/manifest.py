@@ -18,7 +18,8 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_write_text
 
 SPLITS = ("train", "val", "test", "unused")
-REJECT_REASONS = ("missing", "undecodable", "zero_frames", "too_short", "not_a_video")
+# bad_frames: a frame folder whose listed frames are not all there and decodable (data_manifests/frames.py)
+REJECT_REASONS = ("missing", "undecodable", "zero_frames", "too_short", "not_a_video", "bad_frames")
 MANIFEST_FILE = "manifest.jsonl"
 META_FILE = "meta.json"
 REJECTED_FILE = "rejected.jsonl"

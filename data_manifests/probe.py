@@ -14,6 +14,7 @@ from typing import Sequence
 
 import cv2
 
+from data_manifests.frames import is_frame_source, probe_frame_folder
 from data_manifests.video import VideoDecodeError, VideoInfo, open_video, probe_video
 from pipeline.core.progress import Progress
 
@@ -62,8 +63,22 @@ def stated_frames(path: str | Path, threads: int | None = None) -> int:
     return int(n) if math.isfinite(n) and 0 < n < 1e9 else 0
 
 
+def probe_frames(path: str | Path) -> ProbeResult:
+    """Probe a frame folder (data_manifests/frames.py): ``info.frames`` consecutive frames decode;
+    a frame file that is there but does not decode gives ``reason="bad_frames"``."""
+    try:
+        found = probe_frame_folder(path)
+    except VideoDecodeError as exc:
+        return ProbeResult(None, str(exc))
+    if found.error is not None:
+        return ProbeResult(found.info, found.error, reason="bad_frames")
+    return ProbeResult(found.info)
+
+
 def probe_one(path: str | Path, threads: int | None = None) -> ProbeResult:
-    """Probe one video, turning decode failures into a ProbeResult instead of an exception."""
+    """Probe one video (or frame folder), turning decode failures into a ProbeResult instead of an exception."""
+    if is_frame_source(path):
+        return probe_frames(path)
     kind = image_kind(path)
     if kind is not None:
         return ProbeResult(None, f"{path}: a still {kind} image, not a video", reason="not_a_video")

@@ -35,12 +35,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_rejected, write_manifest
+from data_manifests.frames import decode_frame, is_frame_source, iter_frames, parse_source, source_bytes
 from data_manifests.video import VideoDecodeError, open_video
 from pipeline.core.distributed import DistInfo, job_share
 from pipeline.core.files import atomic_write_text
@@ -86,7 +87,10 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 def copy_relpath(entry: VideoEntry, codec: str) -> str:
     """Where the copy of ``entry`` lives under ``videos/``: its source path plus the container
     suffix (unique because source paths are); sources outside the root get a folder of their own."""
-    parts = [p for p in PurePosixPath(entry.path.replace("\\", "/")).parts if p not in ("", ".", "/")]
+    path = PurePosixPath(entry.path.replace("\\", "/"))
+    if is_frame_source(path):  # a frame folder: its copy is named after the folder
+        path = path.parent
+    parts = [p for p in path.parts if p not in ("", ".", "/")]
     if not parts or ".." in parts or PurePosixPath(entry.path).is_absolute():
         parts = ["_by_id", entry.id.replace("/", "_")]
     return "/".join(parts) + FORMATS[codec][1]
@@ -116,6 +120,36 @@ def _open_writer(tmp: Path, frame: np.ndarray, spec: TranscodeSpec,
     return writer, size
 
 
+def _rate_of(src: Path, threads: int | None) -> float:
+    """The source's frame rate for the copy's header (25 when it states none: frames are read by index)."""
+    rate = 0.0
+    if not is_frame_source(src):
+        with open_video(src, threads=threads) as cap:
+            rate = float(cap.get(cv2.CAP_PROP_FPS) or 0)
+    return rate if 0 < rate <= 1000 else 25.0
+
+
+def _source_frames(src: Path, threads: int | None, expected: int | None) -> Iterator[np.ndarray]:
+    """Every frame of ``src`` in order (BGR): a video's decodable frames, or a frame folder's listed
+    ``expected`` frames (all of them; later files are not part of the video)."""
+    source = parse_source(src)
+    if source is not None:
+        if expected is None:
+            yield from iter_frames(src)
+        else:
+            for i in range(expected):
+                yield decode_frame(source.file(i), i)
+        return
+    with open_video(src, threads=threads) as cap:
+        n = 0
+        while cap.grab():
+            ok, frame = cap.retrieve()
+            if not ok or frame is None or frame.ndim != 3:
+                raise TranscodeError(f"{src}: frame {n} decoded but could not be retrieved")
+            yield frame
+            n += 1
+
+
 def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, expected_frames: int | None = None,
                     fps: float = 0.0, threads: int | None = 1) -> dict[str, Any]:
     """Copy every decodable frame of ``src``, in order, resized with INTER_AREA, into ``dst`` (atomic).
@@ -130,19 +164,16 @@ def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, ex
     writer: cv2.VideoWriter | None = None
     n, size = 0, (0, 0)
     try:
-        with open_video(src, threads=threads) as cap:
-            rate = fps if 0 < fps <= 1000 else float(cap.get(cv2.CAP_PROP_FPS) or 0)
-            rate = rate if 0 < rate <= 1000 else 25.0  # any rate: frames are read by index, not time
-            while cap.grab():
-                ok, frame = cap.retrieve()
-                if not ok or frame is None or frame.ndim != 3:
-                    raise TranscodeError(f"{src}: frame {n} decoded but could not be retrieved")
-                if writer is None:
-                    writer, size = _open_writer(tmp, frame, spec, rate)
-                if (frame.shape[1], frame.shape[0]) != size:
-                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-                writer.write(np.ascontiguousarray(frame))
-                n += 1
+        rate = fps if 0 < fps <= 1000 else 0.0
+        for frame in _source_frames(src, threads, expected_frames):
+            if rate <= 0:
+                rate = _rate_of(src, threads)
+            if writer is None:
+                writer, size = _open_writer(tmp, frame, spec, rate)
+            if (frame.shape[1], frame.shape[0]) != size:
+                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            writer.write(np.ascontiguousarray(frame))
+            n += 1
         if writer is None:
             raise TranscodeError(f"{src}: no frame decodes")
         writer.release()
@@ -160,7 +191,8 @@ def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, ex
             writer.release()
         tmp.unlink(missing_ok=True)
     return {"frames": n, "width": size[0], "height": size[1], "bytes": nbytes,
-            "source_bytes": src.stat().st_size, "seconds": round(time.perf_counter() - t0, 4)}
+            "source_bytes": source_bytes(src) if is_frame_source(src) else src.stat().st_size,
+            "seconds": round(time.perf_counter() - t0, 4)}
 
 
 def assigned_videos(total: int, dist: DistInfo, shard_index: int | None = None,

@@ -104,6 +104,13 @@ def open_video(path: str | Path, *, threads: int | None = None) -> Iterator[cv2.
         cap.release()
 
 
+def _is_frame_source(path: str | Path) -> bool:
+    """True when ``path`` names a frame folder (``<folder>/<template>@<start>``), not a video file."""
+    from data_manifests.frames import is_frame_source
+
+    return is_frame_source(path)
+
+
 def _check_indices(path: str | Path, indices: Sequence[int]) -> list[int]:
     out = []
     for i in indices:
@@ -158,6 +165,10 @@ def read_frames(path: str | Path, indices: Sequence[int], *, bgr: bool = False,
     Raises VideoDecodeError naming the file and the index when an index lies past the last
     decodable frame or does not decode.
     """
+    if _is_frame_source(path):  # a frame folder (data_manifests/frames.py)
+        from data_manifests.frames import read_frame_folder
+
+        return read_frame_folder(path, _check_indices(path, indices), bgr=bgr)
     idx = _check_indices(path, indices)
     slots: dict[int, list[int]] = {}
     for pos, i in enumerate(idx):
@@ -203,6 +214,10 @@ def read_frames(path: str | Path, indices: Sequence[int], *, bgr: bool = False,
 
 def count_frames(path: str | Path, *, threads: int | None = None) -> int:
     """Number of frames that actually decode (the header count can be wrong)."""
+    if _is_frame_source(path):
+        from data_manifests.frames import probe_frame_folder
+
+        return probe_frame_folder(path).info.frames
     with open_video(path, threads=threads) as cap:
         n = 0
         while cap.grab():
@@ -216,8 +231,13 @@ def probe_video(path: str | Path, *, threads: int | None = None) -> VideoInfo:
     A video that opens but decodes no frame gives ``frames=0`` (the caller decides); one that does
     not open raises VideoDecodeError. The size is taken from the first decoded frame when there is
     one (OpenCV applies rotation metadata, so it can differ from the stream header), and fps is 0.0
-    when OpenCV reports none.
+    when OpenCV reports none. A frame source (data_manifests/frames.py) counts its consecutive
+    decodable frames and has fps 0.0.
     """
+    if _is_frame_source(path):
+        from data_manifests.frames import probe_frame_folder
+
+        return probe_frame_folder(path).info
     with open_video(path, threads=threads) as cap:
         fps = float(cap.get(cv2.CAP_PROP_FPS))
         if not math.isfinite(fps) or fps < 0:

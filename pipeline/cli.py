@@ -241,7 +241,7 @@ def synthetic(ctx: click.Context, force: bool, build_upstream: bool, dry_run: bo
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--dataset", "kind", type=click.Choice(["ucf101", "hmdb51", "kinetics400", "folder"]),
+@click.option("--dataset", "kind", type=click.Choice(["ucf101", "hmdb51", "kinetics400", "folder", "rawframes"]),
               required=True, help="Annotation format of the dataset.")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Folder of the videos (default: the config's datasets.<name>.root).")
@@ -394,10 +394,13 @@ def finetune(ctx: click.Context, dataset: str | None, split: int | None, from_sc
 @click.option("--clips", type=int, default=None, help="Clips per video.")
 @click.option("--crops", type=click.Choice(["1", "3"]), default=None, help="Spatial crops per clip.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("--test-set", default=None,
+              help="An out-of-context test set of the dataset ([datasets.<name>.test_sets.<set>]: SCUBA, "
+                   "scene-swapped): its top-1 beside the in-distribution top-1 and the drop.")
 @common_stage_options
 @click.pass_context
 def evaluate(ctx: click.Context, dataset: str | None, split: int | None, clips: int | None, crops: str | None,
-             device: str | None, force: bool, build_upstream: bool, dry_run: bool) -> None:
+             device: str | None, test_set: str | None, force: bool, build_upstream: bool, dry_run: bool) -> None:
     """Multi-view test: top-1 / top-5 (video and clip level), per-class accuracy, confusion matrix."""
     session = _session(ctx)
     extra: dict[str, Any] = {"finetune.dataset": dataset, "evaluate.clips": clips,
@@ -405,7 +408,9 @@ def evaluate(ctx: click.Context, dataset: str | None, split: int | None, clips: 
     if split is not None:
         extra[f"datasets.{dataset or _config_or_fail(session).finetune.dataset}.split"] = split
     cfg = _config_or_fail(session, **extra)
-    out = build(session, cfg, session.graph(cfg).evaluate(), force=force, build_upstream=build_upstream,
+    graph = session.graph(cfg)
+    stage = graph.evaluate_test_set(test_set) if test_set else graph.evaluate()
+    out = build(session, cfg, stage, force=force, build_upstream=build_upstream,
                 dry_run=dry_run, device=cfg.evaluate.device)
     if out:
         _print_summary(out)
@@ -435,17 +440,22 @@ def retrieval(ctx: click.Context, dataset: str | None, split: int | None, device
 @click.option("--dataset", type=str, default=None, help="Dataset (its train split fits, its test split scores).")
 @click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("--test-set", default=None,
+              help="Score an out-of-context test set of the dataset (Mimetics for kinetics400) with the probe, "
+                   "restricted to the classes it covers; its top-1 beside the in-distribution top-1.")
 @common_stage_options
 @click.pass_context
-def linear_probe(ctx: click.Context, dataset: str | None, split: int | None, device: str | None, force: bool,
-                 build_upstream: bool, dry_run: bool) -> None:
+def linear_probe(ctx: click.Context, dataset: str | None, split: int | None, device: str | None,
+                 test_set: str | None, force: bool, build_upstream: bool, dry_run: bool) -> None:
     """Linear probe: logistic regression on frozen [z_h || z_c] features; video-level top-1 / top-5."""
     session = _session(ctx)
     extra: dict[str, Any] = {"linear_probe.dataset": dataset, "linear_probe.device": device}
     if split is not None:
         extra[f"datasets.{dataset or _config_or_fail(session).linear_probe.dataset}.split"] = split
     cfg = _config_or_fail(session, **extra)
-    out = build(session, cfg, session.graph(cfg).linear_probe(), force=force, build_upstream=build_upstream,
+    graph = session.graph(cfg)
+    stage = graph.linear_probe_test_set(test_set) if test_set else graph.linear_probe()
+    out = build(session, cfg, stage, force=force, build_upstream=build_upstream,
                 dry_run=dry_run, device=cfg.linear_probe.device)
     if out:
         _print_summary(out)

@@ -75,20 +75,25 @@ class StageGraph:
 
     def manifest(self, name: str) -> Stage:
         ds = self.cfg.dataset(name)
-        synthetic = is_synthetic(ds.root) or any(is_synthetic(a) for a in ds.annotations)
+        synthetic = (is_synthetic(ds.root) or any(is_synthetic(a) for a in ds.annotations)
+                     or is_synthetic(ds.classes))
         upstream = [self.synthetic()] if synthetic else []
+        if ds.parent:  # the class list comes from the parent dataset's manifest
+            upstream.append(self.manifest(ds.parent))
 
         def inputs(up: dict[str, Path]) -> dict[str, str]:
             if synthetic:
                 return {}  # the synthetic stage's fingerprint already covers its files
-            from data_manifests.builders import annotation_files, list_video_files
+            from data_manifests.builders import annotation_files, list_input_files
 
             root = self.resolve(ds.root, up)
             if not root.is_dir():
                 raise StageError(f"datasets.{name}.root: {root} is not a folder")
             files = annotation_files(ds.kind, [self.resolve(a, up) for a in ds.annotations], ds.split)
+            if ds.classes:
+                files.append(self.resolve(ds.classes, up))
             out = {f"annotation:{f.name}": self.digests.digest(f) for f in files}
-            out["videos"] = file_set_digest(root, list_video_files(root))
+            out["videos"] = file_set_digest(root, list_input_files(ds.kind, root))
             self.digests.save()
             return out
 
@@ -100,7 +105,7 @@ class StageGraph:
                 ds.kind, self.resolve(ds.root, ctx.upstream),
                 [self.resolve(a, ctx.upstream) for a in ds.annotations], ds.split,
                 min_frames=ds.min_frames, allow_missing=ds.allow_missing, workers=ds.workers,
-                progress=ctx.dist.is_main)
+                progress=ctx.dist.is_main, **self._class_options(name, ds, ctx))
             manifest.dataset = name
             if ctx.dist.is_main:
                 write_manifest(ctx.out_dir, manifest, rejected, relative_to=ctx.work_dir)  # movable work dir
@@ -109,7 +114,36 @@ class StageGraph:
         return self._memo(f"manifest:{name}", lambda: Stage(
             kind="manifest", name=name, version=VERSIONS["manifest"],
             semantic=semantic_dict(ds), upstream=upstream, build=build, inputs=inputs,
-            command=f"pipeline manifest --dataset {name}", code=CODE["manifest"]))
+            command=self._manifest_command(name), code=CODE["manifest"]))
+
+    def _manifest_command(self, name: str) -> str:
+        if "." in name and name not in self.cfg.datasets:  # a test set: built by the evaluate command
+            dataset, test_set = name.split(".", 1)
+            return f"pipeline evaluate --dataset {dataset} --test-set {test_set} --build-upstream"
+        return f"pipeline manifest --dataset {name}"
+
+    def _class_options(self, name: str, ds: Any, ctx: BuildContext) -> dict[str, Any]:
+        """build_manifest's class list (from datasets.<name>.classes or the parent's manifest) and, for
+        frame folders, their file template, first number and frame rate."""
+        from data_manifests.formats.rawframes import read_class_list
+        from data_manifests.manifest import load_manifest
+
+        out: dict[str, Any] = {}
+        if ds.classes and ds.parent:
+            raise StageError(f"datasets.{name}: give either classes (a class-list file) or parent, not both")
+        if ds.classes:
+            try:
+                out["classes"] = read_class_list(self.resolve(ds.classes, ctx.upstream))
+            except (OSError, ValueError) as exc:
+                raise StageError(f"datasets.{name}.classes: {exc}") from None
+        elif ds.parent:
+            out["classes"] = load_manifest(ctx.upstream[f"manifest:{ds.parent}"]).classes
+        if ds.kind == "rawframes":
+            out["format_options"] = {"filename_tmpl": ds.filename_tmpl, "start_index": ds.start_index,
+                                     "fps": ds.fps}
+        elif ds.kind == "kinetics400" and ds.parent:
+            out["format_options"] = {"default_split": "test"}  # Mimetics' list has no split column
+        return out
 
     def teacher_cache(self) -> Stage:
         t, clips = self.cfg.teacher, self.cfg.clips
@@ -273,6 +307,48 @@ class StageGraph:
             semantic={section: semantic_dict(cfg), "clip_len": self.cfg.clips.clip_len},
             upstream=[self._videos(cfg.dataset), self.pretrain()], build=build,
             command=f"pipeline {kind} --dataset {cfg.dataset}", parallel=True, code=CODE[kind]))
+
+    # -- out-of-context test sets (student/out_of_context.py) ---------------------------------
+
+    def evaluate_test_set(self, test_set: str) -> Stage:
+        """The finetuned classifier on test set ``test_set`` of the finetune dataset (same split),
+        beside its in-distribution evaluation (an upstream, so the drop is always computed)."""
+        e, dataset = self.cfg.evaluate, self.cfg.finetune.dataset
+        self.cfg.test_set(dataset, test_set)  # a clear error for an unknown test set
+        ft, ev, man = self.finetune(), self.evaluate(), self.manifest(f"{dataset}.{test_set}")
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from student.out_of_context import evaluate_test_set
+
+            return evaluate_test_set(ctx.upstream[man.key], ctx.upstream[ft.key], ctx.upstream[ev.key], ctx.out_dir,
+                                     e, dist=ctx.dist, test_set=test_set)
+
+        return self._memo(f"evaluate-test-set:{test_set}", lambda: Stage(
+            kind="evaluate", name=f"{ft.name}.{test_set}", version=VERSIONS["evaluate"],
+            semantic={"evaluate": semantic_dict(e), "test_set": test_set}, upstream=[man, ft, ev], build=build,
+            command=f"pipeline evaluate --dataset {dataset} --test-set {test_set}", parallel=True,
+            code=("student.out_of_context",)))
+
+    def linear_probe_test_set(self, test_set: str) -> Stage:
+        """The linear probe of ``linear_probe.dataset`` on its test set ``test_set`` (Mimetics: the
+        Kinetics-400 probe), restricted to the classes the test set covers."""
+        lp, dataset = self.cfg.linear_probe, self.cfg.linear_probe.dataset
+        self.cfg.test_set(dataset, test_set)
+        probe, pre, man = self.linear_probe(), self.pretrain(), self.manifest(f"{dataset}.{test_set}")
+
+        def build(ctx: BuildContext) -> dict[str, Any]:
+            from student.out_of_context import linear_probe_test_set
+
+            return linear_probe_test_set(ctx.upstream[man.key], ctx.upstream[probe.key], ctx.upstream[pre.key],
+                                         ctx.out_dir, lp, dist=ctx.dist, test_set=test_set,
+                                         clip_len=self.cfg.clips.clip_len)
+
+        return self._memo(f"linear-probe-test-set:{test_set}", lambda: Stage(
+            kind="linear-probe", name=f"{probe.name}.{test_set}", version=VERSIONS["linear-probe"],
+            semantic={"linear_probe": semantic_dict(lp), "clip_len": self.cfg.clips.clip_len, "test_set": test_set},
+            upstream=[man, probe, pre], build=build,
+            command=f"pipeline linear-probe --dataset {dataset} --test-set {test_set}", parallel=True,
+            code=("student.out_of_context",)))
 
     # -- the whole run --------------------------------------------------------------------
 

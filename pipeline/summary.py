@@ -72,7 +72,16 @@ def _evaluate(s: dict[str, Any]) -> list[str]:
             f"top-5 {_pct(s.get('video_top5'))}")
     return [line, f"clip-level top-1 {_pct(s.get('clip_top1'))}, top-5 {_pct(s.get('clip_top5'))}; "
                   f"mean class accuracy {_pct(s.get('mean_class_accuracy'))}"
-            + ("; epoch chosen on the test split" if s.get("test_selected") else "")]
+            + ("; epoch chosen on the test split" if s.get("test_selected") else "")] + _test_set(s)
+
+
+def _test_set(s: dict[str, Any]) -> list[str]:
+    """An out-of-context test set (student/out_of_context.py): its top-1 beside the in-distribution one."""
+    if "test_set" not in s:
+        return []
+    over = (f" over the {s['classes_covered']} classes it covers" if s.get("classes_covered") is not None else "")
+    return [f"test set {s['test_set']}: top-1 {_pct(s.get('test_set_top1'))}{over}; in-distribution top-1 "
+            f"{_pct(s.get('in_distribution_top1'))}; drop {_num(s.get('drop_points'), 1)} points"]
 
 
 def _retrieval(s: dict[str, Any]) -> list[str]:
@@ -84,6 +93,9 @@ def _retrieval(s: dict[str, Any]) -> list[str]:
 
 
 def _linear_probe(s: dict[str, Any]) -> list[str]:
+    if "test_set" in s:
+        return [f"linear probe of {s.get('dataset', '?')} on {s.get('num_test', '?')} test-set videos "
+                f"({s.get('level', '?')})"] + _test_set(s)
     return [f"logistic regression on frozen {s.get('feature_dim', '?')}-d features: {s.get('num_train', '?')} train, "
             f"{s.get('num_test', '?')} test videos, {s.get('num_classes', '?')} classes",
             f"video-level top-1 {_pct(s.get('top1'))}, top-5 {_pct(s.get('top5'))} "

@@ -34,12 +34,30 @@ class LinearProbeError(UserError, RuntimeError):
     """The linear probe cannot run on this manifest (no labelled train or test videos)."""
 
 
-def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Z-score every set with the TRAIN mean and std (constant features get std 1: they stay 0)."""
+def train_moments(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The TRAIN features' mean and std (constant features get std 1: they stay 0)."""
     mean = train.mean(0, keepdim=True)
     std = train.std(0, unbiased=False, keepdim=True)
-    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
+
+
+def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Z-score every set with the TRAIN mean and std (constant features get std 1: they stay 0)."""
+    mean, std = train_moments(train)
     return [(x - mean) / std for x in (train, *others)]
+
+
+PROBE_HEAD = "probe_head.pt"
+
+
+def save_probe_head(path: Path, layer: torch.nn.Linear, train: torch.Tensor, classes: Sequence[str],
+                    test_scores: torch.Tensor, test_labels: torch.Tensor) -> None:
+    """What an out-of-context test set (student/out_of_context.py: Mimetics) needs of the fitted probe:
+    the layer, the train standardisation, the class list, and the in-distribution test scores."""
+    mean, std = train_moments(train)
+    torch.save({"weight": layer.weight.detach().cpu(), "bias": layer.bias.detach().cpu(), "mean": mean.cpu(),
+                "std": std.cpu(), "classes": list(classes), "test_scores": test_scores.detach().cpu(),
+                "test_labels": test_labels.cpu()}, path)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
@@ -99,8 +117,8 @@ def linear_probe(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any
     clip_len, clip_len_from = resolve_clip_len(clip_len, meta, Path(pretrain_dir))
     input_size = int(meta["model_config"].get("input_size", 112))
     kw = dict(dist=dist, clip_len=clip_len, input_size=input_size, cfg=cfg, device=device)
-    x_train, x_test = standardise(_features(student, manifest, train, "train", **kw),
-                                  _features(student, manifest, test, "test", **kw))
+    f_train = _features(student, manifest, train, "train", **kw)
+    x_train, x_test = standardise(f_train, _features(student, manifest, test, "test", **kw))
     y_train = torch.tensor([e.label for e in train])
     y_test = torch.tensor([e.label for e in test])
     classes = len(manifest.classes)
@@ -122,9 +140,10 @@ def linear_probe(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any
         top5 = topk_indices(scores_test, 5).tolist()
         lines = [json.dumps({"id": e.id, "label": e.label, "pred": t[0], "top5": t}) for e, t in zip(test, top5)]
         (out_dir / "predictions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        save_probe_head(out_dir / PROBE_HEAD, layer, f_train, manifest.classes, scores_test, y_test)
         log.info("linear probe (%d train, %d test videos): top-1 %.1f%%, top-5 %.1f%%", len(train), len(test),
                  100 * result["top1"], 100 * result["top5"])
     return result
 
 
-__all__ = ["LinearProbeError", "fit_logistic", "linear_probe", "standardise"]
+__all__ = ["LinearProbeError", "PROBE_HEAD", "fit_logistic", "linear_probe", "save_probe_head", "standardise"]

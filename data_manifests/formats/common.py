@@ -23,6 +23,8 @@ class Listed:
     label: int
     split: str
     source: str  # annotation file (and line) that listed it, for error messages
+    frames: int | None = None  # the frame count the list states (frame folders), checked against the probe
+    fps: float = 0.0  # the rate to record when the files carry none (frame folders)
 
 
 @dataclass

@@ -80,7 +80,8 @@ def _rows(path: Path) -> list[tuple[str, dict[str, str]]]:
 
 
 def parse(annotations: Sequence[Path], split: int, index: FileIndex,
-          classes: Sequence[str] | None = None) -> Listing:
+          classes: Sequence[str] | None = None, *, default_split: str | None = None) -> Listing:
+    """``default_split``: the split of rows that name none (Mimetics' list: "test")."""
     csvs, lists = _expand(annotations)
     if lists:
         if classes is not None:
@@ -102,7 +103,8 @@ def parse(annotations: Sequence[Path], split: int, index: FileIndex,
         if label_name and label_name not in lookup:
             raise ValueError(f"{where}: label {label_name!r} is not in the class list")
         raw_split = (row.get("split") or "").strip().lower()
-        split_name = SPLIT_NAMES.get(raw_split) if raw_split else _split_from_name(Path(where.rsplit(":", 1)[0]))
+        split_name = SPLIT_NAMES.get(raw_split) if raw_split else (
+            _split_from_name(Path(where.rsplit(":", 1)[0])) or default_split)
         if split_name is None:
             raise ValueError(f"{where}: split {raw_split!r} is not train/val/test (and the file name does "
                              f"not say which)")

@@ -60,13 +60,22 @@ class SyntheticConfig:
 class DatasetConfig:
     """One video dataset: its format, where the videos are and where the official annotations are."""
 
-    kind: str = _opt("folder", choices=("ucf101", "hmdb51", "kinetics400", "folder"))
+    kind: str = _opt("folder", choices=("ucf101", "hmdb51", "kinetics400", "folder", "rawframes"))
     root: str = _opt("")
     annotations: list[str] = _list([])
     split: int = _opt(1, min=1, max=3)
     min_frames: int = _opt(0, min=0)
     allow_missing: bool = _opt(False)
     workers: int = _exec(2, min=1)
+    # Class names: a class-list file (one name per line, or "<index> <name>"), or the class list of the
+    # parent dataset's manifest (a test set cut from it: SCUBA, Mimetics). Labels index that list.
+    classes: str = _opt("")
+    parent: str = _opt("")
+    # Frame folders (kind "rawframes", MMAction2's layout): frame i of a folder is the file
+    # filename_tmpl.format(start_index + offset + i); fps is recorded for the frames (files carry none).
+    filename_tmpl: str = _opt("img_{:05}.jpg")
+    start_index: int = _opt(1, min=0)
+    fps: float = _opt(30.0, min=0.0)
 
 
 @dataclass
@@ -250,8 +259,23 @@ class Config:
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sources: list[str] = field(default_factory=list)  # where the values came from, for messages
+    # [datasets.<name>.test_sets.<set>]: out-of-context test sets of dataset <name> (SCUBA, Mimetics),
+    # known to the stages as the dataset "<name>.<set>" (see :meth:`dataset`).
+    test_sets: dict[str, dict[str, DatasetConfig]] = field(default_factory=dict)
+
+    def test_set(self, name: str, test_set: str) -> DatasetConfig:
+        """Test set ``test_set`` of dataset ``name``, with the dataset's split and the dataset as its parent."""
+        sets = self.test_sets.get(name, {})
+        if test_set not in sets:
+            raise ConfigError(
+                f"dataset {name!r} has no test set {test_set!r} (known: {', '.join(sorted(sets)) or 'none'}); "
+                f"add a [datasets.{name}.test_sets.{test_set}] table with kind, root and annotations")
+        return dataclasses.replace(sets[test_set], split=self.dataset(name).split,
+                                   parent=sets[test_set].parent or name)
 
     def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets and "." in name and name.split(".", 1)[0] in self.datasets:
+            return self.test_set(*name.split(".", 1))
         if name not in self.datasets:
             raise ConfigError(
                 f"no dataset named {name!r} in the config (known: {', '.join(sorted(self.datasets)) or 'none'}); "
@@ -261,6 +285,8 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("sources")
+        if not d["test_sets"]:
+            d.pop("test_sets")
         return d
 
 
@@ -268,7 +294,7 @@ class Config:
 # Loading and validation
 # --------------------------------------------------------------------------------------------
 
-SECTIONS = {f.name: f for f in fields(Config) if f.name not in ("sources",)}
+SECTIONS = {f.name: f for f in fields(Config) if f.name not in ("sources", "test_sets")}
 
 
 def semantic_dict(section: Any) -> dict[str, Any]:
@@ -402,14 +428,35 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> Config:
         if key == "datasets":
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: [datasets] must hold tables like [datasets.hmdb51]")
-            kwargs[key] = {name: _build_section(DatasetConfig, table, f"{where}: datasets.{name}")
+            kwargs[key] = {name: _build_section(DatasetConfig, _without_test_sets(table), f"{where}: datasets.{name}")
                            for name, table in value.items()}
+            kwargs["test_sets"] = _test_sets(value, where)
         else:
             cls = get_type_hints(Config)[key]
             kwargs[key] = _build_section(cls, value, f"{where}: {key}")
     cfg = Config(**kwargs)
     _check_consistency(cfg, where)
     return cfg
+
+
+def _without_test_sets(table: Any) -> Any:
+    return {k: v for k, v in table.items() if k != "test_sets"} if isinstance(table, dict) else table
+
+
+def _test_sets(datasets: dict[str, Any], where: str) -> dict[str, dict[str, DatasetConfig]]:
+    """The [datasets.<name>.test_sets.<set>] tables, validated like datasets."""
+    out: dict[str, dict[str, DatasetConfig]] = {}
+    for name, table in datasets.items():
+        sets = table.get("test_sets", {}) if isinstance(table, dict) else {}
+        if not isinstance(sets, dict):
+            raise ConfigError(f"{where}: datasets.{name}.test_sets must hold tables like "
+                              f"[datasets.{name}.test_sets.scuba_places365]")
+        for set_name, set_table in sets.items():
+            if "." in set_name:
+                raise ConfigError(f"{where}: datasets.{name}.test_sets.{set_name}: a test-set name cannot hold '.'")
+            out.setdefault(name, {})[set_name] = _build_section(
+                DatasetConfig, set_table, f"{where}: datasets.{name}.test_sets.{set_name}")
+    return out
 
 
 def _check_consistency(cfg: Config, where: str) -> None:
@@ -465,6 +512,13 @@ def dump_toml(cfg: Config) -> str:
                 lines.append(f"[datasets.{name}]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
                 lines.append("")
+            continue
+        if section == "test_sets":
+            for name, sets in values.items():
+                for set_name, table in sets.items():
+                    lines.append(f"[datasets.{name}.test_sets.{set_name}]")
+                    lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+                    lines.append("")
             continue
         lines.append(f"[{section}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
