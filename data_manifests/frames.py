@@ -111,12 +111,12 @@ def decode_frame(file: Path, index: int) -> np.ndarray:
         raise VideoDecodeError(file, f"frame {index} is missing (no such file)", index=index) from None
     except OSError as exc:
         raise VideoDecodeError(file, f"frame {index} cannot be read ({exc.strerror})", index=index) from None
-    marker = _END_MARKERS.get(file.suffix.lower())
-    if marker is not None and marker not in data[-_TAIL:]:
-        raise VideoDecodeError(file, f"frame {index} is cut short (no end-of-image marker)", index=index)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if img is None:
         raise VideoDecodeError(file, f"frame {index} does not decode as an image", index=index)
+    marker = _END_MARKERS.get(file.suffix.lower())
+    if marker is not None and marker not in data[-_TAIL:]:
+        raise VideoDecodeError(file, f"frame {index} is cut short (no end-of-image marker)", index=index)
     return img
 
 

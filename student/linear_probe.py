@@ -105,20 +105,24 @@ def _features(student: torch.nn.Module, manifest: Any, entries: Sequence[VideoEn
 
 def linear_probe(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any, *, dist: DistInfo,
                  clip_len: int | None = None) -> dict[str, Any]:
-    """Fit on the train split's frozen features, test on the test split; writes linear_probe.json and
-    predictions.jsonl into ``out_dir`` and returns the summary (fractions, video-level)."""
+    """Fit on the train split's frozen features, test on the test split (the val split when there is
+    none: Kinetics-400); writes linear_probe.json, predictions.jsonl and probe_head.pt into ``out_dir``
+    and returns the summary (fractions, video-level)."""
     manifest_dir, out_dir = Path(manifest_dir), Path(out_dir)
     manifest = load_manifest(manifest_dir)
     train, test = manifest.by_split("train"), manifest.by_split("test")
+    test_split = "test"
+    if not test and manifest.by_split("val"):  # Kinetics-400: no test labels were released; its val is the test
+        test, test_split = manifest.by_split("val"), "val"
     _labelled(manifest_dir, "train", train)
-    _labelled(manifest_dir, "test", test)
+    _labelled(manifest_dir, test_split, test)
     device = stage_device(cfg.device, dist)
     student, meta = load_student(Path(pretrain_dir), device)
     clip_len, clip_len_from = resolve_clip_len(clip_len, meta, Path(pretrain_dir))
     input_size = int(meta["model_config"].get("input_size", 112))
     kw = dict(dist=dist, clip_len=clip_len, input_size=input_size, cfg=cfg, device=device)
     f_train = _features(student, manifest, train, "train", **kw)
-    x_train, x_test = standardise(f_train, _features(student, manifest, test, "test", **kw))
+    x_train, x_test = standardise(f_train, _features(student, manifest, test, test_split, **kw))
     y_train = torch.tensor([e.label for e in train])
     y_test = torch.tensor([e.label for e in test])
     classes = len(manifest.classes)
@@ -129,7 +133,7 @@ def linear_probe(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any
     result = {
         "dataset": manifest.dataset, "level": f"video (features averaged over {cfg.clips} clips)",
         "top1": acc[1], "top5": acc[5], "train_top1": topk_accuracy(scores_train, y_train, (1,))[1],
-        "num_train": len(train), "num_test": len(test), "num_classes": classes,
+        "num_train": len(train), "num_test": len(test), "test_split": test_split, "num_classes": classes,
         "feature_dim": int(x_train.shape[1]), "clips": cfg.clips, "clip_len": clip_len, "clip_len_from": clip_len_from,
         "input_size": input_size, "weight_decay": cfg.weight_decay, "classifier": "logistic regression, L-BFGS",
         **fit,
