@@ -414,6 +414,10 @@ def evaluate(ctx: click.Context, dataset: str | None, split: int | None, clips: 
                 dry_run=dry_run, device=cfg.evaluate.device)
     if out:
         _print_summary(out)
+        if test_set and distributed.current().rank == 0:
+            from pipeline.results import echo_table
+
+            echo_table(session.work_dir, cfg, [stage])
 
 
 @main.command(context_settings=CONTEXT)
@@ -459,6 +463,10 @@ def linear_probe(ctx: click.Context, dataset: str | None, split: int | None, dev
                 dry_run=dry_run, device=cfg.linear_probe.device)
     if out:
         _print_summary(out)
+        if test_set and distributed.current().rank == 0:
+            from pipeline.results import echo_table
+
+            echo_table(session.work_dir, cfg, [stage])
 
 
 @main.command(context_settings=CONTEXT)
@@ -501,9 +509,11 @@ def export(ctx: click.Context, layout: str, branch: str | None, checkpoint: Path
               help="Config key the seed sets [default: finetune.seed, or pretrain.seed for linear-probe].")
 @click.option("--dry-run", is_flag=True, help="Say what would be built, build nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@click.option("--test-set", default=None,
+              help="Score each run on this out-of-context test set of the dataset (beside in-distribution top-1).")
 @click.pass_context
 def sweep(ctx: click.Context, protocol: str, dataset: str, splits: tuple[int, ...], seeds: tuple[int, ...],
-          seed_key: str | None, dry_run: bool, as_json: bool) -> None:
+          seed_key: str | None, dry_run: bool, as_json: bool, test_set: str | None) -> None:
     """Run one protocol over splits x seeds; video-level top-1 / top-5 mean +- std per split and overall."""
     import json
 
@@ -515,7 +525,7 @@ def sweep(ctx: click.Context, protocol: str, dataset: str, splits: tuple[int, ..
         return build(session, cfg, stage, build_upstream=True, dry_run=dry_run, device=stage_device(cfg, stage))
 
     result = run_sweep(lambda extra: load_config(session.config_file, session.overrides + extra), session.work_dir,
-                       protocol, dataset, splits, seeds, seed_key, run_one)
+                       protocol, dataset, splits, seeds, seed_key, run_one, test_set=test_set)
     if dry_run or distributed.current().rank != 0:
         return
     path = write_sweep(result, session.work_dir)

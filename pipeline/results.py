@@ -29,7 +29,7 @@ PAPER_TABLE1 = {
 def results_rows(work: Path, cfg: Config, stages: list[Stage]) -> list[dict]:
     rows = []
     for st in stages:
-        if st.kind != "evaluate":
+        if st.kind != "evaluate" or "test_set" in st.semantic:  # test sets: test_set_rows
             continue
         path = st.out_dir(work)
         if not (path / STAGE_FILE).is_file():
@@ -91,11 +91,38 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def test_set_rows(work: Path, cfg: Config, stages: list[Stage]) -> list[dict]:
+    """One row per finished out-of-context test-set stage (evaluate or linear probe --test-set)."""
+    rows = []
+    for st in stages:
+        if "test_set" not in st.semantic or not (st.out_dir(work) / STAGE_FILE).is_file():
+            continue
+        s = json.loads((st.out_dir(work) / STAGE_FILE).read_text(encoding="utf-8")).get("summary", {})
+        dataset = cfg.finetune.dataset if st.kind == "evaluate" else cfg.linear_probe.dataset
+        rows.append({"dataset": dataset, "split": cfg.dataset(dataset).split, "test_set": s.get("test_set", "?"),
+                     "model": "finetuned" if st.kind == "evaluate" else "linear probe",
+                     "videos": s.get("num_videos", s.get("num_test", 0)), "top1": 100.0 * s["test_set_top1"],
+                     "in_top1": 100.0 * s["in_distribution_top1"], "drop": s["drop_points"]})
+    return rows
+
+
+def render_test_set_table(rows: list[dict]) -> str:
+    """Markdown: each out-of-context test set's top-1 beside the same model's in-distribution top-1."""
+    lines = ["| dataset | split | test set | model | videos | top-1 | in-distribution top-1 | drop (points) |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['dataset']} | {r['split']} | {r['test_set']} | {r['model']} | {r['videos']} | {r['top1']:.1f} "
+              f"| {r['in_top1']:.1f} | {r['drop']:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def print_results(work: Path, cfg: Config, stages: list[Stage]) -> None:
     rows = results_rows(work, cfg, stages)
     if not rows:
         return
     table = render_table(rows)
+    oc = test_set_rows(work, cfg, stages)
+    if oc:  # out-of-context test sets (docs/out-of-context.md)
+        table += "\n\nOut-of-context test sets (top-1 %, video level):\n\n" + render_test_set_table(oc)
     text = ("# Results\n\nVideo-level accuracy (%) on the test split. top-1 / top-5: the epoch was chosen on "
             "held-out training videos (or is the last). test-selected: the epoch was chosen on the test split "
             "itself (finetune.select_on = \"test\", RSPNet's practice), which is optimistic; compare those only "
@@ -112,3 +139,6 @@ def echo_table(work: Path, cfg: Config, stages: list[Stage]) -> None:
     rows = results_rows(work, cfg, stages)
     if rows:
         click.echo("\n" + render_table(rows))
+    oc = test_set_rows(work, cfg, stages)
+    if oc:
+        click.echo("\n" + render_test_set_table(oc))

@@ -362,7 +362,7 @@ class StageGraph:
             "teacher-cache": lambda: [self.teacher_cache()] if self.cfg.model.kd else [],
             "pretrain": lambda: [self.pretrain()],
             "finetune": lambda: [self.finetune()],
-            "evaluate": lambda: [self.evaluate()],
+            "evaluate": lambda: [self.evaluate()] + [self.evaluate_test_set(t) for t in self.cfg.evaluate.test_sets],
             "retrieval": lambda: [self.retrieval()],
             "linear-probe": lambda: [self.linear_probe()],
         }

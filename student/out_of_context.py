@@ -64,17 +64,24 @@ def evaluate_test_set(test_manifest_dir: Path, finetune_dir: Path, in_dist_dir: 
     return out
 
 
-def restricted_top1(scores: torch.Tensor, labels: torch.Tensor, keep: Sequence[int]) -> tuple[float, int]:
-    """(top-1, videos) over the videos labelled with a class of ``keep``, the argmax taken over ``keep``
-    only (a head trained on more classes, scored on a test set covering some of them)."""
+def restricted_accuracy(scores: torch.Tensor, labels: torch.Tensor, keep: Sequence[int]) -> tuple[float, float, int]:
+    """(top-1, top-5, videos) over the videos labelled with a class of ``keep``, the ranking taken over
+    ``keep`` only (a head trained on more classes, scored on a test set covering some of them)."""
     keep_t = torch.tensor(sorted(keep), dtype=torch.long)
     mask = torch.isin(labels, keep_t)
     if not bool(mask.any()):
-        return 0.0, 0
+        return 0.0, 0.0, 0
     sub = scores[mask][:, keep_t]
     remap = {int(c): i for i, c in enumerate(keep_t)}
     y = torch.tensor([remap[int(v)] for v in labels[mask]], dtype=torch.long)
-    return topk_accuracy(sub, y, (1,))[1], int(mask.sum())
+    acc = topk_accuracy(sub, y, (1, min(5, len(keep_t))))
+    return acc[1], acc[min(5, len(keep_t))], int(mask.sum())
+
+
+def restricted_top1(scores: torch.Tensor, labels: torch.Tensor, keep: Sequence[int]) -> tuple[float, int]:
+    """(top-1, videos) of :func:`restricted_accuracy`."""
+    top1, _, n = restricted_accuracy(scores, labels, keep)
+    return top1, n
 
 
 def linear_probe_test_set(test_manifest_dir: Path, probe_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any, *,
@@ -106,10 +113,11 @@ def linear_probe_test_set(test_manifest_dir: Path, probe_dir: Path, pretrain_dir
         scores = layer((x - head["mean"]) / head["std"])
     labels = torch.tensor([e.label for e in test])
     covered = sorted({e.label for e in test})
-    top1, n = restricted_top1(scores, labels, covered)
+    top1, top5, n = restricted_accuracy(scores, labels, covered)
     in_top1, in_n = restricted_top1(head["test_scores"], head["test_labels"], covered)
-    summary = _compare({"dataset": manifest.dataset, "num_test": n, "classes_covered": len(covered),
-                        "num_classes": len(manifest.classes), "in_distribution_videos": in_n,
+    summary = _compare({"dataset": manifest.dataset, "num_test": n, "top1": top1, "top5": top5,
+                        "classes_covered": len(covered), "num_classes": len(manifest.classes),
+                        "in_distribution_videos": in_n,
                         "top1_all_classes": topk_accuracy(scores, labels, (1,))[1], "clips": cfg.clips,
                         "level": f"video (features averaged over {cfg.clips} clips)"}, test_set, top1, in_top1)
     if dist.is_main:

@@ -389,6 +389,8 @@ def test_demo_scene_swapped_set_and_mimetics_style_probe(work: Path, tmp_path: P
     assert "test set scene_swapped: top-1" in out and "drop 0.0 points" in out, out
     metrics = json.loads((stage_folder(out, "evaluate") / "metrics.json").read_text())
     assert metrics["test_set_top1"] == metrics["in_distribution_top1"] and metrics["num_videos"] == len(lines)
+    top1 = f"{100 * metrics['test_set_top1']:.1f}"
+    assert f"| hmdb51 | 1 | scene_swapped | finetuned | {len(lines)} | {top1} | {top1} | 0.0 |" in out, out
 
     rows = [r.split(",") for r in (syn / "kinetics" / "annotations" / "val.csv").read_text().splitlines()[1:]]
     two = sorted({r[0] for r in rows})[:2]
@@ -404,3 +406,7 @@ def test_demo_scene_swapped_set_and_mimetics_style_probe(work: Path, tmp_path: P
     assert summary["classes_covered"] == 2 and summary["num_test"] == sum(r[0] in two for r in rows)
     assert summary["test_set_top1"] == summary["in_distribution_top1"] and summary["drop_points"] == 0.0
     assert "over the 2 classes it covers" in out and "drop 0.0 points" in out
+    out = invoke(work, "sweep", "--protocol", "linear-probe", "--dataset", "kinetics400", "--splits", "1", "--seeds",
+                 "0", "--test-set", "mimetics", sets=sets).output
+    assert "linear-probe on kinetics400 test set mimetics" in out and "| in-distribution top-1 | drop (points) |" in out
+    assert "| 1 | 1 |" in out and "| 0.0 ± 0.0 |" in out, out

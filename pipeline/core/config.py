@@ -193,6 +193,9 @@ class EvaluateConfig:
 
     clips: int = _opt(10, min=1)
     crops: int = _opt(1, choices=(1, 3))
+    # out-of-context test sets of finetune.dataset that `pipeline run` also evaluates (their own stages:
+    # this list changes no stage's output) and whose rows join the results table
+    test_sets: list[str] = field(default_factory=list, metadata={"exec": True})
     chunk: int = _exec(10, min=1)
     workers: int = _exec(4, min=0)  # decoding 10 clips per video is the cost on a GPU
     device: str = _exec("auto")
