@@ -23,7 +23,7 @@ from data_manifests.transcode import TranscodeSpec, copy_relpath, transcode_vide
 from data_manifests.video import VideoDecodeError, count_frames, probe_video, read_frames
 from pipeline.cli import main
 from pipeline.core.config import ConfigError, default_toml_text, dump_toml, from_dict, load_config
-from student.out_of_context import restricted_top1
+from student.out_of_context import _compare, restricted_accuracy, restricted_top1
 
 PARENT = ["brush_hair", "cartwheel", "catch", "wave"]  # a parent dataset's classes (HMDB51-style)
 
@@ -209,6 +209,13 @@ def test_restricted_top1_takes_the_argmax_over_the_covered_classes():
     labels = torch.tensor([2, 2, 3, 0])
     assert restricted_top1(scores, labels, [2, 3]) == (pytest.approx(2 / 3), 3)
     assert restricted_top1(scores, labels, [0, 1, 2, 3]) == (pytest.approx(2 / 4), 4)  # rows 2 and 3
+    assert restricted_accuracy(scores, labels, [2, 3]) == (pytest.approx(2 / 3), 1.0, 3)  # top-5 of 2 classes: all
+
+
+def test_the_drop_is_in_distribution_minus_test_set_in_points():
+    s = _compare({"x": 1}, "scuba", top1=0.25, in_dist_top1=0.75)
+    assert (s["x"], s["test_set"], s["test_set_top1"], s["in_distribution_top1"], s["drop_points"]) == (
+        1, "scuba", 0.25, 0.75, 50.0)
 
 
 # ------------------------------------------------------------------ config
