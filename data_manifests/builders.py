@@ -149,7 +149,7 @@ def _listed_count_rejection(res: ProbeResult, listed: int, min_frames: int) -> t
     if info is None:
         return "missing", res.error or "", 0
     if info.frames < listed:
-        why = res.error if res.error else f"frame {info.frames} is missing"
+        why = res.error or f"frame {info.frames} is missing"
         return "bad_frames", f"{why}; the list says {listed} frames, the first {info.frames} are usable", 0
     if listed == 0:
         return "zero_frames", "the list says 0 frames", 0

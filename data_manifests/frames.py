@@ -162,6 +162,7 @@ class FolderProbe:
 
     info: VideoInfo
     error: str | None = None
+    end: Path | None = None  # the first file that is not there (where the frames end)
 
 
 def probe_frame_folder(path: str | os.PathLike, *, fps: float = 0.0) -> FolderProbe:
@@ -184,7 +185,7 @@ def probe_frame_folder(path: str | os.PathLike, *, fps: float = 0.0) -> FolderPr
             break
         size = (frame.shape[1], frame.shape[0])
         n += 1
-    return FolderProbe(VideoInfo(frames=n, fps=fps, width=size[0], height=size[1]), error)
+    return FolderProbe(VideoInfo(frames=n, fps=fps, width=size[0], height=size[1]), error, src.file(n))
 
 
 def source_bytes(path: str | os.PathLike) -> int:

@@ -72,7 +72,8 @@ def probe_frames(path: str | Path) -> ProbeResult:
         return ProbeResult(None, str(exc))
     if found.error is not None:
         return ProbeResult(found.info, found.error, reason="bad_frames")
-    return ProbeResult(found.info)
+    # where the frames end (a list that states more frames names this file as missing)
+    return ProbeResult(found.info, f"{found.end}: frame {found.info.frames} is missing (no such file)")
 
 
 def probe_one(path: str | Path, threads: int | None = None) -> ProbeResult:

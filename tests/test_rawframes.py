@@ -102,7 +102,7 @@ def test_missing_or_corrupt_frames_are_reported_and_the_rest_indexed(tmp_path: P
     by_id = {r["id"]: r for r in rejected}
     assert {k: r["reason"] for k, r in by_id.items()} == {"v_brush_0": "bad_frames", "v_cart_0": "bad_frames",
                                                            "v_wave_0": "bad_frames"}
-    assert "frame 3 is missing; the list says 6 frames" in by_id["v_brush_0"]["detail"]
+    assert "frame000004.jpg: frame 3 is missing (no such file); the list says 6 frames" in by_id["v_brush_0"]["detail"]
     assert "frame000002.jpg: frame 1 does not decode" in by_id["v_cart_0"]["detail"]
     # this OpenCV refuses a JPEG without its end marker; another would fill the rows grey: "cut short"
     assert re.search(r"frame000005.jpg: frame 4 (does not decode|is cut short)", by_id["v_wave_0"]["detail"])
