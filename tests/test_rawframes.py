@@ -398,6 +398,8 @@ def test_demo_scene_swapped_set_and_mimetics_style_probe(work: Path, tmp_path: P
     assert metrics["test_set_top1"] == metrics["in_distribution_top1"] and metrics["num_videos"] == len(lines)
     top1 = f"{100 * metrics['test_set_top1']:.1f}"
     assert f"| hmdb51 | 1 | scene_swapped | finetuned | {len(lines)} | {top1} | {top1} | 0.0 |" in out, out
+    run = invoke(work, "run", sets=('evaluate.test_sets=["scene_swapped"]',)).output  # joins the results table
+    assert "Out-of-context test sets" in run and "| scene_swapped | finetuned |" in (work / "results.md").read_text()
 
     rows = [r.split(",") for r in (syn / "kinetics" / "annotations" / "val.csv").read_text().splitlines()[1:]]
     two = sorted({r[0] for r in rows})[:2]
