@@ -276,7 +276,8 @@ def _finish(manifest_dir: Path, manifest: Manifest, out_dir: Path, final_dir: Pa
     ok = [e for e, c in zip(manifest.entries, copies.entries) if not Path(c.path).is_absolute()]
     copy_bytes = sum((out_dir / VIDEOS_DIR / c.path).stat().st_size for c in copies.entries
                      if not Path(c.path).is_absolute())
-    src_bytes = sum(manifest.abspath(e).stat().st_size for e in ok if manifest.abspath(e).is_file())
+    src_bytes = sum(source_bytes(p) if is_frame_source(p) else p.stat().st_size
+                    for p in (manifest.abspath(e) for e in ok) if is_frame_source(p) or p.is_file())
     hours = sum(e.frames / e.fps for e in ok if e.fps > 0) / 3600
     summary.update(complete=True, failed=len(failures), copied=len(ok), bytes=copy_bytes, source_bytes=src_bytes,
                    bytes_per_video=round(copy_bytes / max(1, len(ok))),

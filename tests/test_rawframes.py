@@ -170,6 +170,17 @@ def test_transcode_copies_a_frame_folder(tmp_path: Path):
     rec = transcode_video(manifest.abspath(e), dst, TranscodeSpec(short_side=24, codec="mjpeg"),
                           expected_frames=e.frames, fps=e.fps)
     assert rec["frames"] == 6 and count_frames(dst) == 6 and rec["source_bytes"] > 0
+    from data_manifests.manifest import load_manifest, write_manifest
+    from data_manifests.transcode import build_transcode
+    from pipeline.core.distributed import DistInfo
+
+    write_manifest(tmp_path / "manifest", manifest, [])
+    summary = build_transcode(tmp_path / "manifest", tmp_path / "tc", TranscodeSpec(short_side=24, codec="mjpeg"),
+                              dist=DistInfo(), workers=1, progress=False)
+    copies = load_manifest(tmp_path / "tc")
+    assert summary["copied"] == 4 and summary["failed"] == 0 and summary["source_bytes"] > 0
+    assert [(c.id, c.frames, c.path) for c in copies.entries][0] == ("v_brush_0", 6, "brush_hair/v_brush_0.avi")
+    assert read_frames(copies.abspath(copies.entries[1]), [8]).shape == (1, 24, 32, 3)
 
 
 # ------------------------------------------------------------------ Mimetics: a video list mapped to Kinetics
