@@ -29,7 +29,7 @@ PAPER_TABLE1 = {
 def results_rows(work: Path, cfg: Config, stages: list[Stage]) -> list[dict]:
     rows = []
     for st in stages:
-        if st.kind != "evaluate" or "test_set" in st.semantic:  # test sets: test_set_rows
+        if st.kind != "evaluate" or _is_test_set(st):  # test sets: test_set_rows
             continue
         path = st.out_dir(work)
         if not (path / STAGE_FILE).is_file():
@@ -91,11 +91,15 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _is_test_set(st: Stage) -> bool:
+    return "test_set" in (getattr(st, "semantic", None) or {})
+
+
 def test_set_rows(work: Path, cfg: Config, stages: list[Stage]) -> list[dict]:
     """One row per finished out-of-context test-set stage (evaluate or linear probe --test-set)."""
     rows = []
     for st in stages:
-        if "test_set" not in st.semantic or not (st.out_dir(work) / STAGE_FILE).is_file():
+        if not _is_test_set(st) or not (st.out_dir(work) / STAGE_FILE).is_file():
             continue
         s = json.loads((st.out_dir(work) / STAGE_FILE).read_text(encoding="utf-8")).get("summary", {})
         dataset = cfg.finetune.dataset if st.kind == "evaluate" else cfg.linear_probe.dataset
