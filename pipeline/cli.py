@@ -17,7 +17,7 @@ import click
 from pipeline.core import distributed
 from pipeline.core.config import Config, default_toml_text, dump_toml, load_config, toml_value
 from pipeline.core.errors import user_message
-from pipeline.stage import Stage, run_stage, stage_status, verify_stage
+from pipeline.stage import BuildOptions, Stage, run_stage, stage_status, verify_stage
 from pipeline.stages import StageGraph
 
 log = logging.getLogger("pipeline")
@@ -62,14 +62,15 @@ def fail(message: str) -> None:
 
 
 def build(session: Session, cfg: Config, stage: Stage, *, force: bool = False, build_upstream: bool = False,
-          dry_run: bool = False, device: str = "auto", **options: Any) -> Path | None:
+          dry_run: bool = False, device: str = "auto", shard_index: int | None = None,
+          num_shards: int | None = None) -> Path | None:
     """Run one stage (and, if asked, its upstream) with errors turned into clean CLI messages."""
     from student.checkpointing import TrainingInterrupted
 
     dist = distributed.init_distributed(device)
     try:
         return run_stage(stage, session.work_dir, cfg, dist=dist, force=force, build_upstream=build_upstream,
-                         dry_run=dry_run, options=options)
+                         dry_run=dry_run, options=BuildOptions(shard_index=shard_index, num_shards=num_shards))
     except TrainingInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)

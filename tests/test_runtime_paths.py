@@ -33,7 +33,7 @@ import torch
 torch.set_num_threads(1)
 from pipeline.core import distributed
 from pipeline.core.config import load_config
-from pipeline.stage import Stage, StageError, run_stage
+from pipeline.stage import BuildResult, Stage, StageError, run_stage
 
 scenario, out = sys.argv[1], Path(sys.argv[2])
 rank = int(__import__("os").environ["RANK"])
@@ -43,22 +43,22 @@ def make(kind, build, upstream=()):
                  command=f"pipeline {kind}")
 
 if scenario == "lagging_view" and rank == 0:  # built by rank 0 alone, before this job started
-    run_stage(make("up", lambda ctx: {}), out / "work0", load_config(None, []))
+    run_stage(make("up", lambda ctx: BuildResult({})), out / "work0", load_config(None, []))
 d = distributed.init_distributed("cpu")
 result = {"rank": d.rank}
 
 if scenario == "slow_rank0":
     def slow(ctx):
         time.sleep(float(sys.argv[3]))
-        return {"built_by": ctx.dist.rank}
+        return BuildResult({"built_by": ctx.dist.rank})
     work = out / "work"
     path = run_stage(make("slow", slow), work, load_config(None, []), dist=d)
     result["summary"] = json.loads((path / "stage.json").read_text())["summary"]
 elif scenario == "lagging_view":
     # rank 1's work dir lacks the upstream output that rank 0's has: a shared file system seen late
     work = out / f"work{d.rank}"
-    up = make("up", lambda ctx: {})
-    down = make("down", lambda ctx: {"ok": True}, upstream=[up])
+    up = make("up", lambda ctx: BuildResult({}))
+    down = make("down", lambda ctx: BuildResult({"ok": True}), upstream=[up])
     try:
         path = run_stage(down, work, load_config(None, []), dist=d)
         result["summary"] = json.loads((path / "stage.json").read_text())["summary"] if d.rank == 0 else "followed"
