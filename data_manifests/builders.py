@@ -21,7 +21,7 @@ from data_manifests.manifest import REJECT_REASONS, SPLITS, Manifest, VideoEntry
 from data_manifests.probe import ProbeResult, probe_videos
 from pipeline.core.errors import UserError
 
-log = logging.getLogger("data_manifests")
+log = logging.getLogger(__name__)
 
 FORMATS: dict[str, ModuleType] = {"ucf101": ucf101, "hmdb51": hmdb51, "kinetics400": kinetics, "folder": folder}
 ALIASES = {"kinetics": "kinetics400", "k400": "kinetics400", "ucf": "ucf101", "hmdb": "hmdb51"}

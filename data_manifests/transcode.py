@@ -46,7 +46,7 @@ from pipeline.core.distributed import DistInfo, job_share
 from pipeline.core.files import atomic_write_text
 from pipeline.core.progress import Progress
 
-log = logging.getLogger("data_manifests")
+log = logging.getLogger(__name__)
 
 # codec name (config transcode.codec) -> (FOURCC, container suffix). mjpeg: every frame a keyframe, read
 # by seeking; mp4v (MPEG-4 part 2, GOP 12): about half the bytes, read forward like any GOP source.

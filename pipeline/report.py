@@ -22,7 +22,7 @@ import torch
 
 from pipeline.core.charts import Panel, draw_panel, tile, write_png
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_write_text
 from pipeline.core.fingerprint import canonical_json, sha256_file, sha256_json
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from data_manifests.video import count_frames, read_frames
-from student.finetune_data import clip_indices, resize_frames, short_side_size, to_tensor
+from student.finetune_data import consecutive_frames, resize_frames, short_side_size, to_tensor
 
 
 def centred_start(num_frames: int, clip_len: int) -> int:
@@ -97,7 +97,7 @@ def class_activation_maps(classifier_path: Path | str, video_paths: Sequence[Pat
     paths, records, used = [], [], set()
     for video in map(Path, video_paths):
         n = count_frames(video)
-        frames = read_frames(video, clip_indices(centred_start(n, clip_len), clip_len, n))
+        frames = read_frames(video, consecutive_frames(centred_start(n, clip_len), clip_len, n))
         strip, rec = cam_strip(model, frames, input_size, frames_per_strip, device, info.get("classes"))
         name = f"{video.stem}.cam.png"
         k = 1

@@ -42,7 +42,7 @@ from student.metrics import (confusion_matrix, mean_class_accuracy, per_class_ac
                              topk_correct, topk_indices)
 from student.protocols import view_aggregation
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 
 class EvaluationError(UserError, RuntimeError):

@@ -68,7 +68,7 @@ from student.finetune_data import TrainClips
 from student.optim import build_sgd, cosine_schedule, current_lr, multistep_schedule
 from student.protocols import ProtocolError, resolve_protocol, view_aggregation
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 VAL_CLIPS = 2  # views per held-out video for epoch selection (cheap; the test protocol uses cfg.evaluate)
 COSINE_FINAL_RATIO = 1e-3  # cosine decays to lr/1000 (as in RSPNet's pretraining schedule)

@@ -27,7 +27,7 @@ from student.artifacts import resolve_clip_len
 from student.metrics import topk_accuracy, topk_indices
 from student.retrieval import gather_features, load_student, video_features
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 
 class LinearProbeError(UserError, RuntimeError):

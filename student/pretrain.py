@@ -45,7 +45,7 @@ from student.gpu_augment import batch_clips
 from student.moco import trimmed_queue_size
 from student.pretrain_model import PretrainModel
 
-log = logging.getLogger("pipeline.pretrain")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 METRIC_KEYS = ("loss", "loss_kd", "loss_rsp", "loss_avid", "acc_rsp", "acc_avid_pos", "acc_avid_neg")

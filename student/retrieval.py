@@ -31,7 +31,7 @@ from student.finetune_data import ViewChunks
 from student.metrics import recall_at_k
 from student.model import MultiTaskStudent, load_encoders
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 RSPNET_C3D_REFERENCE = {"source": "RSPNet C3D, UCF101 split 1 (reference/FACTS.md); fractions, RSPNet prints percent",
                         "recall": {"R@1": 0.360, "R@5": 0.567, "R@10": 0.665, "R@20": 0.763, "R@50": 0.877}}

@@ -19,7 +19,7 @@ from pipeline.core.runtime import cpu_has_native_bf16  # noqa: F401  (re-exporte
 from pipeline.core.runtime import resolve_amp as runtime_amp
 from teacher.labels import LABEL_SETS, input_size as label_input_size
 
-log = logging.getLogger("teacher")
+log = logging.getLogger(__name__)
 
 
 class TeacherConfigError(UserError, ValueError):

@@ -6,7 +6,8 @@ handle is never shared across fork, and pickling drops them. The clip-id index i
 fixed-width byte array (no per-id Python objects), so millions of clips cost tens of MB that
 forked workers share copy-on-write.
 
-Alignment convention (CONTRACTS.md): ``box = (x0, y0, x1, y1)`` in normalised frame coordinates
+Alignment convention (defined here; DESIGN.md §5 requires it, tests/test_cache_reader.py
+``test_frame_crop_and_map_crop_agree`` checks it): ``box = (x0, y0, x1, y1)`` in normalised frame coordinates
 with the pixel-edge convention (pixel column ``c`` of a ``W``-wide image spans ``[c/W, (c+1)/W]``).
 Output pixel ``(i, j)`` of an ``h × w`` target samples the map at the normalised point
 ``x = x0 + (j + 0.5)/w · (x1 - x0)``, ``y = y0 + (i + 0.5)/h · (y1 - y0)`` — the centre of the

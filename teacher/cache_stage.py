@@ -37,7 +37,7 @@ from teacher.backends import TeacherBackend, backend_labels, input_loader, make_
 from teacher.cache_format import (CacheFormatError, ShardMeta, ShardWriter, finalize_shard, num_shards as count_shards,
                                   shard_failures, shard_is_current, shard_name, shard_range, temp_name, verify_shard)
 
-log = logging.getLogger("teacher")
+log = logging.getLogger(__name__)
 
 FAILED_FILE = "failed.jsonl"
 METRICS_FILE = "metrics.jsonl"

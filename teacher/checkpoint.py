@@ -15,7 +15,7 @@ from teacher.labels import LABEL_SETS, check_label_set
 from teacher.norm import ABNNorm
 from teacher.schp import AugmentCE2P, build_schp
 
-log = logging.getLogger("teacher")
+log = logging.getLogger(__name__)
 
 # The keys whose first dimension is the class count (they alone differ between LIP/ATR/Pascal).
 CLASS_KEYS = ("decoder.conv4.weight", "decoder.conv4.bias", "fushion.3.weight", "fushion.3.bias")

@@ -12,7 +12,7 @@ from pipeline.core.config import FinetuneConfig
 from pipeline.core.distributed import DistInfo
 from student.checkpointing import TrainingInterrupted, load_checkpoint
 from student.finetune import FinetuneError, finetune, load_classifier, stratified_holdout
-from student.finetune_data import (TrainClips, clip_indices, multi_views, random_resized_box, view_crop_boxes,
+from student.finetune_data import (TrainClips, consecutive_frames, multi_views, random_resized_box, view_crop_boxes,
                                    view_starts, IMAGENET_MEAN, IMAGENET_STD)
 from student.protocols import ProtocolError, resolve_protocol
 from tiny_videos import CLIP_LEN, make_dataset, tiny_model_config, write_student
@@ -81,7 +81,7 @@ def test_view_starts_and_clip_indices():
     assert view_starts(100, 16, 10) == [0, 9, 19, 28, 37, 47, 56, 65, 75, 84]
     assert view_starts(5, 2, 3) == [0, 2, 3]  # linspace 0, 1.5, 3: half rounds up
     assert view_starts(10, 16, 3) == [0, 0, 0]
-    assert clip_indices(8, 4, 10) == [8, 9, 9, 9]
+    assert consecutive_frames(8, 4, 10) == [8, 9, 9, 9]
 
 
 def test_multi_views_frames_and_three_crops():

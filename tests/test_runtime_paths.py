@@ -160,12 +160,12 @@ def test_cuda_n_is_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_run_resolves_the_device_of_each_stage() -> None:
-    from pipeline.cli import stage_device
+    from pipeline.cli import device_setting
     from pipeline.core.config import load_config
     from pipeline.stages import StageGraph
 
     cfg = load_config(None, ['pretrain.device="cuda"', 'finetune.device="cpu"'])
-    devices = {st.kind: stage_device(cfg, st) for st in StageGraph(cfg, Path("/nonexistent")).run_stages()}
+    devices = {st.kind: device_setting(cfg, st) for st in StageGraph(cfg, Path("/nonexistent")).run_stages()}
     assert devices["pretrain"] == "cuda" and devices["finetune"] == "cpu" and devices["manifest"] == "cpu"
 
 

@@ -363,10 +363,10 @@ def test_queue_size_not_well_below_the_videos_is_warned(caplog):
 
     from student.pretrain import warn_queue_size
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="student.pretrain"):
         warn_queue_size(128, 420, True)
     assert caplog.records == []
-    with caplog.at_level(logging.WARNING, logger="pipeline.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="student.pretrain"):
         warn_queue_size(512, 150, False)
     (record,) = caplog.records
     assert "3.4 keys of its own video" in record.getMessage() and "exclude_same_video" in record.getMessage()
