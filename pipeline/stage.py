@@ -32,18 +32,13 @@ from pipeline.core import distributed
 from pipeline.core.code_digest import code_digests
 from pipeline.core.config import Config, dump_toml
 from pipeline.core.distributed import DistInfo
-from pipeline.core.errors import UserError
+from pipeline.core.errors import StageError
 from pipeline.core.files import atomic_write_text
 from pipeline.core.fingerprint import canonical_json, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
-
-
-class StageError(UserError, RuntimeError):
-    """A stage cannot run: an upstream is missing or stale, its inputs are unusable, or another
-    process is building it."""
 
 
 @dataclass(frozen=True)

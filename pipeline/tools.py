@@ -25,7 +25,7 @@ def parse_image_cmd(image: Path, checkpoint: Path, labels: str, output: Path, de
     from pipeline.core.distributed import resolve_device
     from teacher.parse_image import parse_image
 
-    from teacher.checkpoint import CheckpointError
+    from pipeline.core.errors import CheckpointError
 
     try:
         label_map = parse_image(image, checkpoint, labels, output, device=resolve_device(device))

@@ -59,14 +59,15 @@ from pipeline.core.progress import MetricsLog, Progress
 from pipeline.core.runtime import (all_reduce_sum, autocast, deterministic_mode, resolve_amp, stage_device,
                               stop_flag_group, wrap_ddp)
 from student.artifacts import (  # noqa: F401  (load_classifier, read_pretrained_file: re-exported)
-    FinetuneError, build_classifier, classifier_record, load_classifier, read_pretrained, read_pretrained_file,
+    TrainingError, build_classifier, classifier_record, load_classifier, read_pretrained, read_pretrained_file,
     resolve_clip_len)
 from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, non_finite_loss,
                                    restore_rng, save_checkpoint)
 from student.evaluate import check_gathered, gather_scores, rank_positions, score_videos, summarise
 from student.finetune_data import TrainClips
 from student.optim import build_sgd, cosine_schedule, current_lr, multistep_schedule
-from student.protocols import ProtocolError, resolve_protocol, view_aggregation
+from pipeline.core.errors import ConfigError
+from student.protocols import resolve_protocol, view_aggregation
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +231,9 @@ def _train_entries(manifest: Manifest, manifest_dir: Path) -> list[VideoEntry]:
     entries = manifest.by_split("train")
     bad = [e.id for e in entries if not 0 <= e.label < len(manifest.classes)]
     if not entries:
-        raise FinetuneError(f"manifest {manifest_dir} has no 'train' videos to finetune on")
+        raise TrainingError(f"manifest {manifest_dir} has no 'train' videos to finetune on")
     if bad:
-        raise FinetuneError(f"manifest {manifest_dir}: {len(bad)} train videos have no valid label (first: {bad[:3]})")
+        raise TrainingError(f"manifest {manifest_dir}: {len(bad)} train videos have no valid label (first: {bad[:3]})")
     return entries
 
 
@@ -240,7 +241,7 @@ def _protocol(cfg: Any, model_cfg: Any, manifest: Manifest) -> Any:
     """The protocol for the config; a paper preset named for another dataset falls back to this manifest's."""
     try:
         return resolve_protocol(cfg, model_cfg.backbone)
-    except ProtocolError:
+    except ConfigError:
         if cfg.protocol not in ("auto", "paper", "rspnet") or manifest.dataset == cfg.dataset:
             raise
         return resolve_protocol(cfg, model_cfg.backbone, manifest.dataset)
@@ -263,7 +264,7 @@ def _select_split(entries: list[VideoEntry], manifest: Manifest, manifest_dir: P
     if select_on == "test":
         select_entries = manifest.by_split("test")
         if not select_entries:
-            raise FinetuneError(f"finetune.select_on = 'test' but manifest {manifest_dir} has no test videos")
+            raise TrainingError(f"finetune.select_on = 'test' but manifest {manifest_dir} has no test videos")
         select_note = "epoch chosen on the TEST split (RSPNet's practice): the test accuracy is optimistic"
         log.warning("finetune: %s", select_note)
     return train_pos, val_pos, select_on, select_note, select_entries
@@ -339,7 +340,7 @@ class _FinetuneRun:
         same_world = state.get("world_size") == dist.world_size
         if (state.get("protocol") != plan.proto.to_dict() or state.get("num_train") != len(plan.train_entries)
                 or (same_world and state.get("steps_per_epoch") != plan.spe)):
-            raise FinetuneError(f"{self.last} was written by a different finetuning setup (protocol, data or steps "
+            raise TrainingError(f"{self.last} was written by a different finetuning setup (protocol, data or steps "
                                 f"per epoch); delete {self.ckpt_dir} to start over")
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

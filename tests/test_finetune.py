@@ -11,10 +11,12 @@ import torch
 from pipeline.core.config import FinetuneConfig
 from pipeline.core.distributed import DistInfo
 from student.checkpointing import TrainingInterrupted, load_checkpoint
-from student.finetune import FinetuneError, finetune, load_classifier, stratified_holdout
+from pipeline.core.errors import TrainingError
+from student.finetune import finetune, load_classifier, stratified_holdout
 from student.finetune_data import (TrainClips, consecutive_frames, multi_views, random_resized_box, view_crop_boxes,
                                    view_starts, IMAGENET_MEAN, IMAGENET_STD)
-from student.protocols import ProtocolError, resolve_protocol
+from pipeline.core.errors import ConfigError
+from student.protocols import resolve_protocol
 from tiny_videos import CLIP_LEN, make_dataset, tiny_model_config, write_student
 
 DIST = DistInfo()
@@ -47,11 +49,11 @@ def test_protocol_overrides_custom_and_errors():
     assert p.name == "rspnet:c3d/hmdb51"
     c = resolve_protocol(FinetuneConfig(protocol="custom", epochs=2, batch_size=4, lr=0.01, schedule="cosine"), "r3d18")
     assert (c.epochs, c.batch_size, c.lr, c.schedule) == (2, 4, 0.01, "cosine")
-    with pytest.raises(ProtocolError, match="finetune.lr, finetune.schedule"):
+    with pytest.raises(ConfigError, match="finetune.lr, finetune.schedule"):
         resolve_protocol(FinetuneConfig(protocol="custom", epochs=2, batch_size=4), "c3d")
-    with pytest.raises(ProtocolError, match="milestones"):
+    with pytest.raises(ConfigError, match="milestones"):
         resolve_protocol(FinetuneConfig(protocol="custom", epochs=2, batch_size=4, lr=0.1, schedule="step"), "c3d")
-    with pytest.raises(ProtocolError, match="no finetuning preset for backbone 'r3d18'"):
+    with pytest.raises(ConfigError, match="no finetuning preset for backbone 'r3d18'"):
         resolve_protocol(FinetuneConfig(dataset="ucf101"), "r3d18")
 
 
@@ -235,7 +237,7 @@ def test_classifier_file_and_fallbacks(tiny, tmp_path):
 def test_pretrained_model_config_must_agree(tiny, tmp_path):
     _, man, mc = tiny
     other = dataclasses.replace(mc, task_dependent=False)
-    with pytest.raises(FinetuneError, match="task_dependent: pretrained True vs config False"):
+    with pytest.raises(TrainingError, match="task_dependent: pretrained True vs config False"):
         finetune(man, tiny[0] / "pretrain", tmp_path / "x", other, _cfg(), dist=DIST, clip_len=CLIP_LEN)
     # from scratch ignores the pretraining folder entirely
     s = finetune(man, None, tmp_path / "scratch", other, _cfg(epochs=1, select_on="last", from_scratch=True),

@@ -33,7 +33,8 @@ import torch
 torch.set_num_threads(1)
 from pipeline.core import distributed
 from pipeline.core.config import load_config
-from pipeline.stage import BuildResult, Stage, StageError, run_stage
+from pipeline.core.errors import StageError
+from pipeline.stage import BuildResult, Stage, run_stage
 
 scenario, out = sys.argv[1], Path(sys.argv[2])
 rank = int(__import__("os").environ["RANK"])
@@ -151,7 +152,7 @@ def test_cuda_n_is_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(distributed.DeviceError, match="every rank on one GPU"):
+    with pytest.raises(distributed.ConfigError, match="every rank on one GPU"):
         distributed.resolve_device("cuda:1", 0)
     assert distributed.resolve_device("cuda", 1) == "cuda:1"
     result = CliRunner().invoke(main, ["--work-dir", str(tmp_path), "pretrain", "--device", "cuda:1"])

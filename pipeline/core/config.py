@@ -21,11 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from pipeline.core.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration problem, phrased for the user: which key, which file, what is expected."""
+from pipeline.core.errors import ConfigError
 
 
 def _exec(default: Any, **kw: Any) -> Any:
