@@ -10,7 +10,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, NoReturn
 
 import click
 
@@ -57,7 +57,7 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
@@ -147,7 +147,7 @@ def _session(ctx: click.Context) -> Session:
 
 def device_setting(cfg: Config, stage: Stage) -> str:
     """The device setting of a stage's own config section (``run`` builds stages that run on different devices)."""
-    section = {"teacher-cache": cfg.teacher, "pretrain": cfg.pretrain, "finetune": cfg.finetune,
+    section: Any = {"teacher-cache": cfg.teacher, "pretrain": cfg.pretrain, "finetune": cfg.finetune,
                "evaluate": cfg.evaluate, "retrieval": cfg.retrieval, "linear-probe": cfg.linear_probe}.get(stage.kind)
     return section.device if section is not None else "cpu"
 
@@ -327,7 +327,7 @@ def teacher_cache(ctx: click.Context, checkpoint: Path | None, backend: str | No
     """Run the teacher on every clip's anchor frame and write softmax maps to sharded HDF5."""
     if (shard_index is None) != (num_shards is None):
         fail("--shard-index and --num-shards go together")
-    if num_shards is not None and not 0 <= shard_index < num_shards:
+    if num_shards is not None and shard_index is not None and not 0 <= shard_index < num_shards:
         fail(f"--shard-index must be in [0, {num_shards})")
     extra = {"teacher.checkpoint": str(checkpoint.resolve()) if checkpoint else None, "teacher.backend": backend,
              "teacher.labels": labels, "teacher.batch_size": batch_size, "teacher.workers": workers,
@@ -346,7 +346,8 @@ def teacher_cache(ctx: click.Context, checkpoint: Path | None, backend: str | No
 def transcode(ctx: click.Context, dataset: str | None, shard_index: int | None, num_shards: int | None,
               workers: int | None, force: bool, build_upstream: bool, dry_run: bool) -> None:
     """Copy a dataset's videos at short side transcode.short_side, every frame index kept, for the student."""
-    if (shard_index is None) != (num_shards is None) or (num_shards is not None and not 0 <= shard_index < num_shards):
+    if (shard_index is None) != (num_shards is None) or (num_shards is not None and shard_index is not None
+                                                       and not 0 <= shard_index < num_shards):
         fail("--shard-index i and --num-shards n go together, with 0 <= i < n")
 
     def enabled(cfg: Config) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import cv2
 import numpy as np
@@ -44,7 +44,8 @@ def clip_cam(model: Any, clip: torch.Tensor, out_size: tuple[int, int, int]) -> 
     weights = model.cam_weights()
     if len(weights) != len(maps):
         raise ValueError(f"{len(weights)} weight blocks for {len(maps)} branch feature maps")
-    cam = sum(torch.einsum("c,cthw->thw", w[pred].float(), z[0].float()) for w, z in zip(weights, maps))
+    cam = cast(torch.Tensor, sum(torch.einsum("c,cthw->thw", w[pred].float(), z[0].float())
+                                 for w, z in zip(weights, maps)))
     cam = F.interpolate(cam[None, None], size=out_size, mode="trilinear", align_corners=False)[0, 0]
     lo, hi = cam.min(), cam.max()
     heat = (cam - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam)

@@ -104,7 +104,8 @@ def export_state(student: MultiTaskStudent, meta: dict[str, Any], layout: str, b
                                   f"({branch}) use --layout rspnet")
         encoders = {k: v.detach().clone() for k, v in student.state_dict().items()
                     if k.split(".", 1)[0] in ("f_l", "h_h", "h_c")}
-        keep = {k: meta[k] for k in ("model_config", "num_parts", "label_names", "clip_len", "epochs") if k in meta}
+        keep: dict[str, Any] = {k: meta[k] for k in ("model_config", "num_parts", "label_names", "clip_len", "epochs")
+                                if k in meta}
         return {**keep, "format": "humanprior-student-encoders", "state_dict": encoders}
     backbone = branch_backbone(student, branch)
     if layout == "rspnet":

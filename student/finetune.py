@@ -96,7 +96,8 @@ def stratified_holdout(entries: Sequence[VideoEntry], fraction: float, seed: int
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, dist: DistInfo, drop_last: bool) -> list[list[int]]:
     """This rank's batches of epoch ``epoch``: DistributedSampler's order (seed + epoch), chunked."""
-    sampler = DistributedSampler(range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
+    sampler: DistributedSampler[int] = DistributedSampler(  # a range is a map-style dataset (len, getitem)
+        range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
     sampler.set_epoch(epoch)
     idx = list(sampler)
     batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
@@ -277,7 +278,7 @@ def _plan(manifest_dir: Path, pretrain_dir: Path | None, model_cfg: Any, cfg: An
     from_scratch = pretrain_dir is None or cfg.from_scratch
     if pretrain_dir is None and not cfg.from_scratch:
         log.warning("finetune: no pretraining folder given; training from scratch")
-    pretrained = None if from_scratch else read_pretrained(Path(pretrain_dir), model_cfg)
+    pretrained = None if from_scratch or pretrain_dir is None else read_pretrained(Path(pretrain_dir), model_cfg)
     clip_len, clip_len_from = resolve_clip_len(clip_len, pretrained, None if from_scratch else pretrain_dir)
     proto = _protocol(cfg, model_cfg, manifest)
     train_pos, val_pos, select_on, select_note, select_entries = _select_split(entries, manifest, manifest_dir, cfg)

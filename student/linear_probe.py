@@ -25,6 +25,7 @@ from pipeline.core.errors import StageError
 from pipeline.core.runtime import stage_device
 from student.artifacts import resolve_clip_len
 from student.metrics import topk_accuracy, topk_indices
+from student.model import MultiTaskStudent
 from student.retrieval import gather_features, load_student, video_features
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def _labelled(manifest_dir: Path, split: str, entries: Sequence[VideoEntry]) -> 
         raise StageError(f"manifest {manifest_dir}: {len(bad)} {split} videos have no label (first: {bad[:3]})")
 
 
-def _features(student: torch.nn.Module, manifest: Any, entries: Sequence[VideoEntry], what: str, *, dist: DistInfo,
+def _features(student: MultiTaskStudent, manifest: Any, entries: Sequence[VideoEntry], what: str, *, dist: DistInfo,
               clip_len: int, input_size: int, cfg: Any, device: str) -> torch.Tensor:
     mine = list(range(dist.rank, len(entries), dist.world_size))
     local = video_features(student, manifest, entries, mine, clip_len=clip_len, input_size=input_size,

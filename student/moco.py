@@ -80,6 +80,10 @@ class KeyQueue(nn.Module):
     "negatives" and the instance-discrimination loss pushes it away from itself.
     """
 
+    queue: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    ids: torch.Tensor
+    ptr: torch.Tensor
+
     def __init__(self, dim: int, size: int) -> None:
         super().__init__()
         if size < 1 or dim < 1:

@@ -249,7 +249,8 @@ def _load_data(manifest_dir: Path, cache_dir: Path | None, model_cfg: ModelConfi
                clips: ClipsConfig, dist: DistInfo, device: torch.device) -> _Data:
     manifest = load_manifest(manifest_dir)
     plan = build_clip_plan(manifest, clips.anchors_per_video, clips.span, clips.splits)
-    cache, label_names, dropped = None, [], 0
+    cache, dropped = None, 0
+    label_names: list[str] = []
     if model_cfg.kd:
         plan, cache, label_names, dropped = _with_teacher_maps(plan, cache_dir, cfg, dist, manifest.dataset)
     dataset = PretrainClipDataset(manifest, plan, cache, model_cfg, clips, crop_area=cfg.crop_area, seed=cfg.seed,

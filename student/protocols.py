@@ -146,7 +146,7 @@ def resolve_protocol(cfg: Any, backbone: str, dataset: str | None = None) -> Fin
                 + (" is" if len(missing) == 1 else " are") + " not set (0 / empty means unset)")
         return _check(FinetuneProtocol("custom", **given, **common))
     base = _named_preset(name, backbone, dataset)
-    fields_ = {"epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr,
+    fields_: dict[str, Any] = {"epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr,
                "schedule": base.schedule, "milestones": base.milestones}
     if given.get("schedule") == "cosine" and "milestones" not in given:
         fields_["milestones"] = ()

@@ -38,7 +38,7 @@ RSPNET_C3D_REFERENCE = {"source": "RSPNet C3D, UCF101 split 1 (reference/FACTS.m
 
 
 @torch.no_grad()
-def video_features(encoder: torch.nn.Module, manifest: Manifest, entries: Sequence[VideoEntry],
+def video_features(encoder: MultiTaskStudent, manifest: Manifest, entries: Sequence[VideoEntry],
                    positions: Sequence[int], *, clip_len: int, input_size: int, clips: int, device: str,
                    workers: int = 0, progress: bool = True, desc: str = "features") -> dict[int, np.ndarray]:
     """{position: mean representation over ``clips`` centre-crop clips} (float64) for ``positions``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -83,5 +84,5 @@ def parse_image(image_path: str | Path, checkpoint: str | Path | nn.Module, labe
     size = input_size or default_input_size(labels)
     _check_finite_weights(model, checkpoint)
     label_map = parse_to_labels(model, [image], size, flip=flip)[0].cpu().numpy()
-    write_palette_png(out_png, label_map, schp_palette(model.num_classes))
+    write_palette_png(out_png, label_map, schp_palette(cast(int, model.num_classes)))
     return label_map

@@ -56,7 +56,7 @@ def job_share(total: int, dist: DistInfo, shard_index: int | None = None,
     if (shard_index is None) != (num_shards is None):
         raise ConfigError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
     mine = list(range(total))
-    if num_shards is not None:
+    if num_shards is not None and shard_index is not None:
         if num_shards < 1 or not 0 <= shard_index < num_shards:
             raise ConfigError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
         mine = mine[shard_index::num_shards]

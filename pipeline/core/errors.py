@@ -140,8 +140,8 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, UserError):
         return _one_line(text) or type(exc).__name__
     if isinstance(exc, OSError):
-        msg = _os_message(exc)
-        return _one_line(msg) if msg else None
+        os_msg = _os_message(exc)
+        return _one_line(os_msg) if os_msg else None
     if isinstance(exc, UnicodeDecodeError):
         return None  # a bug unless a caller turned it into a UserError naming the file
     return None
