@@ -302,3 +302,28 @@ def test_two_process_gloo_finetune_agrees_across_ranks(tiny, tmp_path):
     held = [train[i] for i in stratified_holdout(train, 0.25, 0)[1]]
     acc = _select_score(model, manifest, held, clip_len=CLIP_LEN, input_size=32, device="cpu", workers=0, dist=DIST)
     assert acc == s0["val_acc"] == info["selected_acc"]
+
+
+def test_epoch_selector_keeps_the_earlier_of_equal_epochs_and_prunes_strays(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import student.finetune as ft
+
+    scores = iter([0.5, 0.5, 0.75])
+    monkeypatch.setattr(ft, "_select_score", lambda *a, **k: next(scores))
+    plan = SimpleNamespace(select_on="val", manifest=None, select_entries=[], clip_len=4, select_note="", num_val=1,
+                           proto=SimpleNamespace(name="custom", epochs=3))
+    sel = ft.EpochSelector(plan, SimpleNamespace(input_size=32), SimpleNamespace(workers=0, select_on="val"), DIST,
+                           "cpu", tmp_path)
+    net = torch.nn.Linear(2, 2)
+    record: dict = {}
+    assert sel.select(net, 0, record) is None and record == {"val_top1": 0.5}
+    assert sel.select(net, 1, {}) is None and sel.best == {"epoch": 1, "acc": 0.5}, "a tie keeps the earlier epoch"
+    assert sel.select(net, 2, {}) == 1 and sel.best == {"epoch": 3, "acc": 0.75}
+    sel.delete_best(1)
+    (tmp_path / "best-e0002.pt").write_bytes(b"")  # left by a crash between best-e*.pt and last.pt
+    sel.prune_stray_bests()
+    assert sorted(p.name for p in tmp_path.glob("best-e*.pt")) == ["best-e0003.pt"]
+    state, epoch, acc = sel.chosen(net)
+    assert (epoch, acc) == (3, 0.75) and state.keys() == net.state_dict().keys()
+    assert sel.summary(epoch, acc)["val_acc"] == 0.75 and sel.summary(epoch, acc)["test_acc_used_for_selection"] is None
