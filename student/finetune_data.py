@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from data_manifests.manifest import Manifest, VideoEntry
 from data_manifests.video import read_frames
+from pipeline.core.errors import ConfigError
 from student.transforms import sample_crop
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -142,7 +143,7 @@ class TrainClips(Dataset):
                  crop_area: Sequence[float], seed: int) -> None:
         lo, hi = crop_area
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"finetune.crop_area must be [min, max] with 0 < min <= max <= 1, got {list(crop_area)}")
+            raise ConfigError(f"finetune.crop_area must be [min, max] with 0 < min <= max <= 1, got {list(crop_area)}")
         self.manifest, self.entries = manifest, list(entries)
         self.clip_len, self.input_size, self.crop_area, self.seed = clip_len, input_size, (lo, hi), seed
         self.epoch = 0

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.distributed import all_gather_tensor
+from pipeline.core.errors import ConfigError
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -129,8 +130,8 @@ def trimmed_queue_size(queue_size: int, global_batch: int) -> int:
         raise ValueError(f"global batch must be >= 1, got {global_batch}")
     trimmed = (queue_size // global_batch) * global_batch
     if trimmed < global_batch:
-        raise ValueError(f"pretrain.queue_size = {queue_size} is smaller than one global batch of {global_batch} "
-                         f"clips: raise it to at least {global_batch}")
+        raise ConfigError(f"pretrain.queue_size = {queue_size} is smaller than one global batch of {global_batch} "
+                          f"clips: raise it to at least {global_batch}")
     return trimmed
 
 

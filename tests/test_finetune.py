@@ -108,6 +108,10 @@ def test_multi_views_frames_and_three_crops():
 
 
 def test_random_resized_box_area_and_train_clip_determinism(tmp_path):
+    from pipeline.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"finetune.crop_area must be \[min, max\]"):
+        TrainClips(None, [], 4, 32, (0.5, 0.2), 0)
     rng = np.random.default_rng(0)
     fracs = []
     for _ in range(200):
