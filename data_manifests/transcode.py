@@ -109,7 +109,7 @@ def _open_writer(tmp: Path, frame: np.ndarray, spec: TranscodeSpec,
                  rate: float) -> tuple[cv2.VideoWriter, tuple[int, int]]:
     """The copy's writer, sized from the first frame (``output_size``: short side, aspect kept)."""
     size = output_size(frame.shape[1], frame.shape[0], spec.short_side)
-    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FORMATS[spec.codec][0]), rate, size)
+    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*FORMATS[spec.codec][0]), rate, size)
     if not writer.isOpened():
         writer.release()
         raise TranscodeError(f"{tmp}: OpenCV/FFmpeg cannot write {spec.codec} to it")
