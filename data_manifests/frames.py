@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from data_manifests.video import VideoDecodeError, VideoInfo
+from pipeline.core.errors import ConfigError, DataError
 
 # <template>@<start>: the template holds exactly one replacement field ({}, {:05}, {:06d}, ...).
 _SOURCE = re.compile(r"^(?P<template>[^/{}]*\{[^{}/]*\}[^/{}]*)@(?P<start>\d+)$")
@@ -32,10 +33,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 # The marker a complete file ends with (trailing padding tolerated): a cut JPEG still "decodes".
 _END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
 _TAIL = 64
-
-
-class FrameTemplateError(VideoDecodeError):
-    """A frame-file template that cannot name numbered frames (config or manifest value)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class FrameSource:
 
 
 def check_template(template: str, where: str = "filename template") -> str:
-    """``template`` when it names one file per frame number, else a FrameTemplateError saying why."""
+    """``template`` when it names one file per frame number, else a ConfigError saying why."""
     bad = None
     if "/" in template or "\\" in template:
         bad = "must be a file name, without folders"
@@ -70,7 +67,7 @@ def check_template(template: str, where: str = "filename template") -> str:
             if len(names) != 3:
                 bad = "gives the same file name for different frame numbers"
     if bad is not None:
-        raise FrameTemplateError(f"{where} {template!r}: {bad}")
+        raise ConfigError(f"{where} {template!r}: {bad}")
     return template
 
 
@@ -78,7 +75,7 @@ def frame_source(folder: str, template: str, start: int) -> str:
     """The manifest path of a frame folder (POSIX, relative to the dataset root)."""
     check_template(template)
     if start < 0:
-        raise FrameTemplateError(f"{folder}: first frame number {start} is negative")
+        raise ConfigError(f"{folder}: first frame number {start} is negative")
     return f"{folder.rstrip('/')}/{template}@{start}"
 
 
@@ -98,7 +95,7 @@ def is_frame_source(path: str | os.PathLike) -> bool:
 def _source(path: str | os.PathLike) -> FrameSource:
     src = parse_source(path)
     if src is None:
-        raise FrameTemplateError(f"{path}: not a frame source (expected <folder>/<template>@<first number>)")
+        raise DataError(f"{path}: not a frame source (expected <folder>/<template>@<first number>)")
     return src
 
 

@@ -6,17 +6,19 @@ synthetic ─► manifest:<pretrain set> ─► teacher-cache ─► pretrain �
 """
 from __future__ import annotations
 
-import importlib
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pipeline.core.config import Config, ConfigError, semantic_dict
+from pipeline.core.config import (ClipsConfig, Config, ConfigError, DatasetConfig, EvaluateConfig, FinetuneConfig,
+                                  LinearProbeConfig, ModelConfig, PretrainConfig, RetrievalConfig, SyntheticConfig,
+                                  TeacherConfig, TranscodeConfig, semantic_dict)
 from pipeline.core.fingerprint import DigestCache, file_set_digest
-from pipeline.stage import BuildContext, Stage, StageError
 from pipeline.core.tensorboard_log import log_final, log_teacher_maps
+from pipeline.stage import BuildContext, BuildResult, Stage, StageError
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -37,6 +39,156 @@ def is_synthetic(value: str) -> bool:
     return value.startswith(SYNTHETIC_PREFIX)
 
 
+def resolve_path(value: str, upstream: dict[str, Path]) -> Path:
+    """A config path: ``synthetic:<sub>`` lives in the synthetic stage's output."""
+    if is_synthetic(value):
+        return upstream["synthetic:default"] / value[len(SYNTHETIC_PREFIX):]
+    return Path(value).expanduser().resolve()
+
+
+def videos_dir(ctx: BuildContext, transcoded: bool) -> Path:
+    """Where a student stage reads its videos: the transcoded copies when [transcode] is on."""
+    return ctx.upstream_dir("transcode" if transcoded else "manifest")
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage builders: thin adapters from a BuildContext to the library function that does the work.
+# Each imports its library lazily, so `status` never imports torch models.
+# ----------------------------------------------------------------------------------------------
+
+def build_synthetic_stage(ctx: BuildContext, syn: SyntheticConfig) -> BuildResult:
+    from data_manifests.synthetic import generate_synthetic, spec_from_config
+
+    return BuildResult(generate_synthetic(ctx.out_dir, spec_from_config(syn), workers=syn.workers,
+                                          progress=ctx.dist.is_main))
+
+
+def build_manifest_stage(ctx: BuildContext, name: str, ds: DatasetConfig) -> BuildResult:
+    from data_manifests.builders import build_manifest
+    from data_manifests.manifest import write_manifest
+
+    manifest, rejected = build_manifest(
+        ds.kind, resolve_path(ds.root, ctx.upstream), [resolve_path(a, ctx.upstream) for a in ds.annotations],
+        ds.split, min_frames=ds.min_frames, allow_missing=ds.allow_missing, workers=ds.workers,
+        progress=ctx.dist.is_main, **manifest_class_options(ctx, name, ds))
+    manifest.dataset = name
+    if ctx.dist.is_main:
+        write_manifest(ctx.out_dir, manifest, rejected, relative_to=ctx.work_dir)  # movable work dir
+    return BuildResult(manifest_summary(manifest, rejected))
+
+
+def manifest_class_options(ctx: BuildContext, name: str, ds: DatasetConfig) -> dict[str, Any]:
+    """build_manifest's class list (from datasets.<name>.classes or the parent's manifest) and, for
+    frame folders, their file template, first number and frame rate."""
+    from data_manifests.formats.rawframes import read_class_list
+    from data_manifests.manifest import load_manifest
+
+    out: dict[str, Any] = {}
+    if ds.classes and ds.parent:
+        raise StageError(f"datasets.{name}: give either classes (a class-list file) or parent, not both")
+    if ds.classes:
+        try:
+            out["classes"] = read_class_list(resolve_path(ds.classes, ctx.upstream))
+        except (OSError, ValueError) as exc:
+            raise StageError(f"datasets.{name}.classes: {exc}") from None
+    elif ds.parent:
+        out["classes"] = load_manifest(ctx.upstream[f"manifest:{ds.parent}"]).classes
+    if ds.kind == "rawframes":
+        out["format_options"] = {"filename_tmpl": ds.filename_tmpl, "start_index": ds.start_index, "fps": ds.fps}
+    elif ds.kind == "kinetics400" and ds.parent:
+        out["format_options"] = {"default_split": "test"}  # Mimetics' list has no split column
+    return out
+
+
+def build_teacher_cache_stage(ctx: BuildContext, t: TeacherConfig, clips: ClipsConfig) -> BuildResult:
+    from teacher.cache_stage import build_teacher_cache
+
+    result = BuildResult.of_summary(build_teacher_cache(
+        ctx.upstream_dir("manifest"), ctx.out_dir, t, clips, dist=ctx.dist, fingerprint=ctx.fingerprint,
+        checkpoint_sha256=ctx.input_digest("checkpoint"),
+        shard_index=ctx.options.shard_index, num_shards=ctx.options.num_shards))
+    if ctx.dist.is_main and result.complete:  # optional TensorBoard image of the maps
+        log_teacher_maps(ctx.out_dir)
+    return result
+
+
+def build_transcode_stage(ctx: BuildContext, tc: TranscodeConfig) -> BuildResult:
+    from data_manifests.transcode import TranscodeSpec, build_transcode
+
+    return BuildResult.of_summary(build_transcode(
+        ctx.upstream_dir("manifest"), ctx.out_dir, TranscodeSpec(short_side=tc.short_side, codec=tc.codec),
+        dist=ctx.dist, final_dir=ctx.stage.out_dir(ctx.work_dir), workers=tc.workers,
+        shard_index=ctx.options.shard_index, num_shards=ctx.options.num_shards, progress=ctx.dist.is_main))
+
+
+def build_pretrain_stage(ctx: BuildContext, m: ModelConfig, p: PretrainConfig, clips: ClipsConfig,
+                         transcoded: bool) -> BuildResult:
+    from student.pretrain import pretrain
+
+    cache = ctx.upstream_dir("teacher-cache") if m.kd else None
+    return BuildResult(pretrain(videos_dir(ctx, transcoded), cache, ctx.out_dir, m, p, clips, dist=ctx.dist))
+
+
+def build_finetune_stage(ctx: BuildContext, m: ModelConfig, f: FinetuneConfig, clip_len: int,
+                         transcoded: bool) -> BuildResult:
+    from student.finetune import finetune
+
+    pre = None if f.from_scratch else ctx.upstream_dir("pretrain")
+    return BuildResult(finetune(videos_dir(ctx, transcoded), pre, ctx.out_dir, m, f, dist=ctx.dist,
+                                clip_len=clip_len))
+
+
+def build_evaluate_stage(ctx: BuildContext, e: EvaluateConfig, manifest: Stage, transcoded: bool) -> BuildResult:
+    """``manifest``: the finetune dataset's manifest stage (its synthetic part masks score human focus)."""
+    from student.evaluate import evaluate
+
+    summary = evaluate(videos_dir(ctx, transcoded), ctx.upstream_dir("finetune"), ctx.out_dir, e, dist=ctx.dist)
+    if ctx.dist.is_main:  # synthetic data: how much of the CAM mass falls on the person (paper Fig. 3)
+        summary.update(record_human_focus(manifest.out_dir(ctx.work_dir), ctx.upstream_dir("finetune"), ctx.out_dir))
+        log_final(ctx.out_dir, "evaluate", summary)  # optional TensorBoard final top-1 / top-5
+    return BuildResult(summary)
+
+
+def build_retrieval_stage(ctx: BuildContext, cfg: RetrievalConfig, clip_len: int, transcoded: bool) -> BuildResult:
+    from student.retrieval import retrieval
+
+    summary = retrieval(videos_dir(ctx, transcoded), ctx.upstream_dir("pretrain"), ctx.out_dir, cfg,
+                        dist=ctx.dist, clip_len=clip_len)
+    if ctx.dist.is_main:
+        log_final(ctx.out_dir, "retrieval", summary)
+    return BuildResult(summary)
+
+
+def build_linear_probe_stage(ctx: BuildContext, cfg: LinearProbeConfig, clip_len: int,
+                             transcoded: bool) -> BuildResult:
+    from student.linear_probe import linear_probe
+
+    summary = linear_probe(videos_dir(ctx, transcoded), ctx.upstream_dir("pretrain"), ctx.out_dir, cfg,
+                           dist=ctx.dist, clip_len=clip_len)
+    if ctx.dist.is_main:
+        log_final(ctx.out_dir, "linear-probe", summary)
+    return BuildResult(summary)
+
+
+def build_evaluate_test_set_stage(ctx: BuildContext, e: EvaluateConfig, test_set: str, manifest: str,
+                                  finetune: str, in_distribution: str) -> BuildResult:
+    """An out-of-context test set (student/out_of_context.py): ``manifest``, ``finetune`` and
+    ``in_distribution`` are the upstream keys of its manifest, the classifier and its own evaluation."""
+    from student.out_of_context import evaluate_test_set
+
+    return BuildResult(evaluate_test_set(ctx.upstream[manifest], ctx.upstream[finetune], ctx.upstream[in_distribution],
+                                         ctx.out_dir, e, dist=ctx.dist, test_set=test_set))
+
+
+def build_linear_probe_test_set_stage(ctx: BuildContext, lp: LinearProbeConfig, test_set: str, clip_len: int,
+                                      manifest: str, probe: str, pretrain: str) -> BuildResult:
+    """The linear probe of ``probe`` (an upstream key) scored on an out-of-context test set."""
+    from student.out_of_context import linear_probe_test_set
+
+    return BuildResult(linear_probe_test_set(ctx.upstream[manifest], ctx.upstream[probe], ctx.upstream[pretrain],
+                                             ctx.out_dir, lp, dist=ctx.dist, test_set=test_set, clip_len=clip_len))
+
+
 class StageGraph:
     """Builds :class:`Stage` objects for a config, sharing upstream nodes (and their digests)."""
 
@@ -46,31 +198,21 @@ class StageGraph:
         self.digests = DigestCache(work / ".cache" / "digests.json")
         self._nodes: dict[str, Stage] = {}
 
-    def _memo(self, key: str, make) -> Stage:
+    def _memo(self, key: str, make: Callable[[], Stage]) -> Stage:
         if key not in self._nodes:
             self._nodes[key] = make()
         return self._nodes[key]
 
-    # -- path resolution ------------------------------------------------------------------
-
     def resolve(self, value: str, upstream: dict[str, Path]) -> Path:
-        """A config path: ``synthetic:<sub>`` lives in the synthetic stage's output."""
-        if is_synthetic(value):
-            return upstream["synthetic:default"] / value[len(SYNTHETIC_PREFIX):]
-        return Path(value).expanduser().resolve()
+        return resolve_path(value, upstream)
 
     # -- nodes ----------------------------------------------------------------------------
 
     def synthetic(self) -> Stage:
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from data_manifests.synthetic import generate_synthetic, spec_from_config
-
-            return generate_synthetic(ctx.out_dir, spec_from_config(self.cfg.synthetic),
-                                      workers=self.cfg.synthetic.workers, progress=ctx.dist.is_main)
-
         return self._memo("synthetic", lambda: Stage(
             kind="synthetic", name="default", version=VERSIONS["synthetic"],
-            semantic=semantic_dict(self.cfg.synthetic), upstream=[], build=build,
+            semantic=semantic_dict(self.cfg.synthetic), upstream=[],
+            build=partial(build_synthetic_stage, syn=self.cfg.synthetic),
             command="pipeline synthetic", code=CODE["synthetic"]))
 
     def manifest(self, name: str) -> Stage:
@@ -97,53 +239,16 @@ class StageGraph:
             self.digests.save()
             return out
 
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from data_manifests.builders import build_manifest
-            from data_manifests.manifest import write_manifest
-
-            manifest, rejected = build_manifest(
-                ds.kind, self.resolve(ds.root, ctx.upstream),
-                [self.resolve(a, ctx.upstream) for a in ds.annotations], ds.split,
-                min_frames=ds.min_frames, allow_missing=ds.allow_missing, workers=ds.workers,
-                progress=ctx.dist.is_main, **self._class_options(name, ds, ctx))
-            manifest.dataset = name
-            if ctx.dist.is_main:
-                write_manifest(ctx.out_dir, manifest, rejected, relative_to=ctx.work_dir)  # movable work dir
-            return manifest_summary(manifest, rejected)
-
         return self._memo(f"manifest:{name}", lambda: Stage(
             kind="manifest", name=name, version=VERSIONS["manifest"],
-            semantic=semantic_dict(ds), upstream=upstream, build=build, inputs=inputs,
-            command=self._manifest_command(name), code=CODE["manifest"]))
+            semantic=semantic_dict(ds), upstream=upstream, build=partial(build_manifest_stage, name=name, ds=ds),
+            inputs=inputs, command=self._manifest_command(name), code=CODE["manifest"]))
 
     def _manifest_command(self, name: str) -> str:
         if "." in name and name not in self.cfg.datasets:  # a test set: built by the evaluate command
             dataset, test_set = name.split(".", 1)
             return f"pipeline evaluate --dataset {dataset} --test-set {test_set} --build-upstream"
         return f"pipeline manifest --dataset {name}"
-
-    def _class_options(self, name: str, ds: Any, ctx: BuildContext) -> dict[str, Any]:
-        """build_manifest's class list (from datasets.<name>.classes or the parent's manifest) and, for
-        frame folders, their file template, first number and frame rate."""
-        from data_manifests.formats.rawframes import read_class_list
-        from data_manifests.manifest import load_manifest
-
-        out: dict[str, Any] = {}
-        if ds.classes and ds.parent:
-            raise StageError(f"datasets.{name}: give either classes (a class-list file) or parent, not both")
-        if ds.classes:
-            try:
-                out["classes"] = read_class_list(self.resolve(ds.classes, ctx.upstream))
-            except (OSError, ValueError) as exc:
-                raise StageError(f"datasets.{name}.classes: {exc}") from None
-        elif ds.parent:
-            out["classes"] = load_manifest(ctx.upstream[f"manifest:{ds.parent}"]).classes
-        if ds.kind == "rawframes":
-            out["format_options"] = {"filename_tmpl": ds.filename_tmpl, "start_index": ds.start_index,
-                                     "fps": ds.fps}
-        elif ds.kind == "kinetics400" and ds.parent:
-            out["format_options"] = {"default_split": "test"}  # Mimetics' list has no split column
-        return out
 
     def teacher_cache(self) -> Stage:
         t, clips = self.cfg.teacher, self.cfg.clips
@@ -162,51 +267,24 @@ class StageGraph:
             self.digests.save()
             return {"checkpoint": digest}
 
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from teacher.cache_stage import build_teacher_cache
-
-            comps = ctx.stage.components(self.work)
-            summary = build_teacher_cache(
-                ctx.upstream_dir("manifest"), ctx.out_dir, t, clips, dist=ctx.dist,
-                fingerprint=ctx.stage.fingerprint(self.work),
-                checkpoint_sha256=comps["inputs"].get("checkpoint", ""),
-                shard_index=ctx.options.get("shard_index"), num_shards=ctx.options.get("num_shards"))
-            if ctx.dist.is_main and summary.get("complete", True):  # optional TensorBoard image of the maps
-                log_teacher_maps(ctx.out_dir)
-            return summary
-
         return self._memo("teacher-cache", lambda: Stage(
             kind="teacher-cache", name=name, version=VERSIONS["teacher-cache"],
             semantic={"teacher": semantic_dict(t), "clips": semantic_dict(clips)},
-            upstream=[self.manifest(name)], build=build, inputs=inputs,
-            command="pipeline teacher-cache", parallel=True,
-            code=CODE["teacher-cache"]))
+            upstream=[self.manifest(name)], build=partial(build_teacher_cache_stage, t=t, clips=clips),
+            inputs=inputs, command="pipeline teacher-cache", parallel=True, code=CODE["teacher-cache"]))
 
     def transcode(self, name: str) -> Stage:
         """Small seek-friendly copies of dataset ``name`` (every frame index kept); its output is a
         manifest of the copies, which the student stages read instead of the original manifest."""
         tc = self.cfg.transcode
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from data_manifests.transcode import TranscodeSpec, build_transcode
-
-            return build_transcode(ctx.upstream_dir("manifest"), ctx.out_dir,
-                                   TranscodeSpec(short_side=tc.short_side, codec=tc.codec), dist=ctx.dist,
-                                   final_dir=ctx.stage.out_dir(self.work), workers=tc.workers,
-                                   shard_index=ctx.options.get("shard_index"), num_shards=ctx.options.get("num_shards"),
-                                   progress=ctx.dist.is_main)
-
         return self._memo(f"transcode:{name}", lambda: Stage(
             kind="transcode", name=name, version=VERSIONS["transcode"], semantic=semantic_dict(tc),
-            upstream=[self.manifest(name)], build=build, command=f"pipeline transcode --dataset {name}",
-            parallel=True, code=CODE["transcode"]))
+            upstream=[self.manifest(name)], build=partial(build_transcode_stage, tc=tc),
+            command=f"pipeline transcode --dataset {name}", parallel=True, code=CODE["transcode"]))
 
     def _videos(self, name: str) -> Stage:
         """Where the student reads dataset ``name``: the transcoded copies when [transcode] is on."""
         return self.transcode(name) if self.cfg.transcode.enabled else self.manifest(name)
-
-    def _videos_dir(self, ctx: BuildContext) -> Path:
-        return ctx.upstream_dir("transcode" if self.cfg.transcode.enabled else "manifest")
 
     def pretrain(self) -> Stage:
         p, m, clips = self.cfg.pretrain, self.cfg.model, self.cfg.clips
@@ -222,15 +300,11 @@ class StageGraph:
             self.digests.save()
             return {"init_from": digest}
 
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.pretrain import pretrain
-
-            cache = ctx.upstream_dir("teacher-cache") if m.kd else None
-            return pretrain(self._videos_dir(ctx), cache, ctx.out_dir, m, p, clips, dist=ctx.dist)
-
-        semantic = {"model": semantic_dict(m), "pretrain": semantic_dict(p), "clips": semantic_dict(clips)}
+        semantic: dict[str, Any] = {"model": semantic_dict(m), "pretrain": semantic_dict(p),
+                                    "clips": semantic_dict(clips)}
         if not m.kd:
             semantic["teacher"] = None
+        build = partial(build_pretrain_stage, m=m, p=p, clips=clips, transcoded=self.cfg.transcode.enabled)
         return self._memo("pretrain", lambda: Stage(
             kind="pretrain", name=p.dataset, version=VERSIONS["pretrain"], semantic=semantic,
             upstream=upstream, build=build, inputs=inputs, command="pipeline pretrain", parallel=True,
@@ -243,14 +317,8 @@ class StageGraph:
     def finetune(self) -> Stage:
         f, m = self.cfg.finetune, self.cfg.model
         upstream = [self._videos(f.dataset)] + ([] if f.from_scratch else [self.pretrain()])
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.finetune import finetune
-
-            pre = None if f.from_scratch else ctx.upstream_dir("pretrain")
-            return finetune(self._videos_dir(ctx), pre, ctx.out_dir, m, f, dist=ctx.dist,
-                            clip_len=self.cfg.clips.clip_len)
-
+        build = partial(build_finetune_stage, m=m, f=f, clip_len=self.cfg.clips.clip_len,
+                        transcoded=self.cfg.transcode.enabled)
         name = self._finetune_name() + ("-scratch" if f.from_scratch else "")
         return self._memo("finetune", lambda: Stage(
             kind="finetune", name=name, version=VERSIONS["finetune"],
@@ -262,18 +330,8 @@ class StageGraph:
     def evaluate(self) -> Stage:
         e = self.cfg.evaluate
         ft = self.finetune()
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.evaluate import evaluate
-
-            summary = evaluate(self._videos_dir(ctx), ctx.upstream_dir("finetune"), ctx.out_dir, e,
-                               dist=ctx.dist)
-            if ctx.dist.is_main:  # synthetic data: how much of the CAM mass falls on the person (paper Fig. 3)
-                summary.update(record_human_focus(self.manifest(self.cfg.finetune.dataset).out_dir(self.work),
-                                                  ctx.upstream_dir("finetune"), ctx.out_dir))
-                log_final(ctx.out_dir, "evaluate", summary)  # optional TensorBoard final top-1 / top-5
-            return summary
-
+        build = partial(build_evaluate_stage, e=e, manifest=self.manifest(self.cfg.finetune.dataset),
+                        transcoded=self.cfg.transcode.enabled)
         return self._memo("evaluate", lambda: Stage(
             kind="evaluate", name=ft.name, version=VERSIONS["evaluate"], semantic=semantic_dict(e),
             upstream=[self._videos(self.cfg.finetune.dataset), ft], build=build,
@@ -281,26 +339,21 @@ class StageGraph:
             code=CODE["evaluate"]))
 
     def retrieval(self) -> Stage:
-        return self._frozen_student_stage("retrieval", "retrieval", self.cfg.retrieval, "student.retrieval")
+        r = self.cfg.retrieval
+        build = partial(build_retrieval_stage, cfg=r, clip_len=self.cfg.clips.clip_len,
+                        transcoded=self.cfg.transcode.enabled)
+        return self._frozen_student_stage("retrieval", "retrieval", r, build)
 
     def linear_probe(self) -> Stage:
         """Frozen-feature logistic regression on one dataset split (student/linear_probe.py)."""
-        return self._frozen_student_stage("linear-probe", "linear_probe", self.cfg.linear_probe,
-                                          "student.linear_probe")
+        lp = self.cfg.linear_probe
+        build = partial(build_linear_probe_stage, cfg=lp, clip_len=self.cfg.clips.clip_len,
+                        transcoded=self.cfg.transcode.enabled)
+        return self._frozen_student_stage("linear-probe", "linear_probe", lp, build)
 
-    def _frozen_student_stage(self, kind: str, section: str, cfg: Any, module: str) -> Stage:
-        """A stage that evaluates the frozen pretrained student on one dataset split (retrieval, linear
-        probe) with ``module.<section>(videos_dir, pretrain_dir, out_dir, cfg, dist=, clip_len=)``,
-        imported only when the stage is built (``status`` never imports torch models)."""
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            run = getattr(importlib.import_module(module), section)
-            summary = run(self._videos_dir(ctx), ctx.upstream_dir("pretrain"), ctx.out_dir, cfg,
-                          dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
-            if ctx.dist.is_main:
-                log_final(ctx.out_dir, kind, summary)
-            return summary
-
+    def _frozen_student_stage(self, kind: str, section: str, cfg: RetrievalConfig | LinearProbeConfig,
+                              build: Callable[[BuildContext], BuildResult]) -> Stage:
+        """A stage that evaluates the frozen pretrained student on one dataset split (retrieval, linear probe)."""
         name = f"{cfg.dataset}-split{self.cfg.dataset(cfg.dataset).split}"
         return self._memo(kind, lambda: Stage(
             kind=kind, name=name, version=VERSIONS[kind],
@@ -316,13 +369,8 @@ class StageGraph:
         e, dataset = self.cfg.evaluate, self.cfg.finetune.dataset
         self.cfg.test_set(dataset, test_set)  # a clear error for an unknown test set
         ft, ev, man = self.finetune(), self.evaluate(), self.manifest(f"{dataset}.{test_set}")
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.out_of_context import evaluate_test_set
-
-            return evaluate_test_set(ctx.upstream[man.key], ctx.upstream[ft.key], ctx.upstream[ev.key], ctx.out_dir,
-                                     e, dist=ctx.dist, test_set=test_set)
-
+        build = partial(build_evaluate_test_set_stage, e=e, test_set=test_set, manifest=man.key, finetune=ft.key,
+                        in_distribution=ev.key)
         return self._memo(f"evaluate-test-set:{test_set}", lambda: Stage(
             kind="evaluate", name=f"{ft.name}.{test_set}", version=VERSIONS["evaluate"],
             semantic={"evaluate": semantic_dict(e), "test_set": test_set}, upstream=[man, ft, ev], build=build,
@@ -335,14 +383,8 @@ class StageGraph:
         lp, dataset = self.cfg.linear_probe, self.cfg.linear_probe.dataset
         self.cfg.test_set(dataset, test_set)
         probe, pre, man = self.linear_probe(), self.pretrain(), self.manifest(f"{dataset}.{test_set}")
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.out_of_context import linear_probe_test_set
-
-            return linear_probe_test_set(ctx.upstream[man.key], ctx.upstream[probe.key], ctx.upstream[pre.key],
-                                         ctx.out_dir, lp, dist=ctx.dist, test_set=test_set,
-                                         clip_len=self.cfg.clips.clip_len)
-
+        build = partial(build_linear_probe_test_set_stage, lp=lp, test_set=test_set, clip_len=self.cfg.clips.clip_len,
+                        manifest=man.key, probe=probe.key, pretrain=pre.key)
         return self._memo(f"linear-probe-test-set:{test_set}", lambda: Stage(
             kind="linear-probe", name=f"{probe.name}.{test_set}", version=VERSIONS["linear-probe"],
             semantic={"linear_probe": semantic_dict(lp), "clip_len": self.cfg.clips.clip_len, "test_set": test_set},

@@ -20,7 +20,7 @@ import torch
 
 from data_manifests.manifest import load_manifest
 from pipeline.core.distributed import DistInfo
-from pipeline.core.errors import UserError
+from pipeline.core.errors import StageError
 from pipeline.core.runtime import stage_device
 from student.artifacts import resolve_clip_len
 from student.evaluate import evaluate
@@ -28,16 +28,12 @@ from student.linear_probe import PROBE_HEAD, _features, _labelled
 from student.metrics import topk_accuracy
 from student.retrieval import load_student
 
-log = logging.getLogger("pipeline")
-
-
-class OutOfContextError(UserError, RuntimeError):
-    """A test set that cannot be scored against its in-distribution model (missing files, other classes)."""
+log = logging.getLogger(__name__)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise OutOfContextError(f"{path} is missing: rebuild that stage (--force)")
+        raise StageError(f"{path} is missing: rebuild that stage (--force)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -95,10 +91,10 @@ def linear_probe_test_set(test_manifest_dir: Path, probe_dir: Path, pretrain_dir
     _labelled(test_manifest_dir, "test", test)
     head_path = Path(probe_dir) / PROBE_HEAD
     if not head_path.is_file():
-        raise OutOfContextError(f"{head_path} is missing: rebuild the linear probe (pipeline linear-probe --force)")
+        raise StageError(f"{head_path} is missing: rebuild the linear probe (pipeline linear-probe --force)")
     head = torch.load(head_path, map_location="cpu", weights_only=True)
     if list(head["classes"]) != list(manifest.classes):
-        raise OutOfContextError(f"{test_manifest_dir}: its classes differ from the linear probe's ({head_path}); "
+        raise StageError(f"{test_manifest_dir}: its classes differ from the linear probe's ({head_path}); "
                                 f"give the test set the probe's dataset as parent")
     device = stage_device(cfg.device, dist)
     student, meta = load_student(Path(pretrain_dir), device)

@@ -16,13 +16,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from data_manifests.builders import AnnotationError, build_manifest
+from data_manifests.builders import build_manifest
 from data_manifests.formats.rawframes import read_class_list
-from data_manifests.frames import FrameTemplateError, check_template, frame_source, parse_source
+from data_manifests.frames import check_template, frame_source, parse_source
 from data_manifests.transcode import TranscodeSpec, copy_relpath, transcode_video
 from data_manifests.video import VideoDecodeError, count_frames, probe_video, read_frames
 from pipeline.cli import main
 from pipeline.core.config import ConfigError, default_toml_text, dump_toml, from_dict, load_config
+from pipeline.core.errors import DataError
 from student.out_of_context import _compare, restricted_accuracy, restricted_top1
 
 PARENT = ["brush_hair", "cartwheel", "catch", "wave"]  # a parent dataset's classes (HMDB51-style)
@@ -135,15 +136,15 @@ def test_list_and_template_errors_name_the_file(tmp_path: Path):
     scuba_fixture(tmp_path)
     lst = tmp_path / "lists" / "scuba_places365_test_split1.txt"
     lst.write_text("wave/v_wave_0 5 4\n")
-    with pytest.raises(AnnotationError, match=r"scuba_places365_test_split1.txt:1: label 4 is outside the 4 classes"):
+    with pytest.raises(DataError, match=r"scuba_places365_test_split1.txt:1: label 4 is outside the 4 classes"):
         _build(tmp_path)
     lst.write_text("wave/v_wave_0 five 3\n")
-    with pytest.raises(AnnotationError, match=r"split1.txt:1: frame count 'five' is not a non-negative integer"):
+    with pytest.raises(DataError, match=r"split1.txt:1: frame count 'five' is not a non-negative integer"):
         _build(tmp_path)
-    with pytest.raises(AnnotationError, match="labels need class names"):
+    with pytest.raises(DataError, match="labels need class names"):
         build_manifest("rawframes", tmp_path / "frames", [lst], workers=1, progress=False)
     for bad in ("frame.jpg", "f{}_{}.jpg", "sub/f{:03d}.jpg", "f{:s}.jpg"):
-        with pytest.raises(FrameTemplateError):
+        with pytest.raises(ConfigError):
             check_template(bad)
     assert parse_source("a/b/video.avi") is None
     assert parse_source(frame_source("a/b", "x{:04d}.jpg", 2)).file(3) == Path("a/b/x0005.jpg")
@@ -207,7 +208,7 @@ def test_mimetics_list_maps_names_to_parent_indices(tmp_path: Path):
         ("AAAAAAAAAAA_000000_000010", 3, "test", 4), ("BBBBBBBBBBB_000005_000015", 2, "test", 5),
         ("CCCCCCCCCCC_000001_000011", 1, "test", 6)]
     csv.write_text('label,youtube_id,time_start,time_end\n"miming a kite",DDDDDDDDDDD,0,10\n')
-    with pytest.raises(AnnotationError, match="label 'miming a kite' is not in the class list"):
+    with pytest.raises(DataError, match="label 'miming a kite' is not in the class list"):
         build_manifest("kinetics400", root, [csv], classes=kinetics, workers=1, progress=False,
                        format_options={"default_split": "test"})
 
