@@ -190,6 +190,9 @@ def summarise(scores: Sequence[VideoScore], classes: Sequence[str]) -> tuple[dic
         "per_class": {name: pc[i] for i, name in enumerate(classes)},
         "per_class_count": {name: int(cm[i].sum()) for i, name in enumerate(classes)},
         "top5_k": min(5, c),
+        # a uniform guess over the c classes (also the chance of mean class accuracy)
+        "chance_top1": 1.0 / c if c else 0.0,
+        "chance_top5": min(5, c) / c if c else 0.0,
     }
     return metrics, probs.numpy(), cm
 

@@ -35,6 +35,26 @@ def test_logistic_regression_separates_blobs_and_is_deterministic():
     assert strong.weight.norm() < 0.5 * layer.weight.norm()
 
 
+def test_weight_decay_is_chosen_on_held_out_train_videos():
+    """Few videos, many noise dimensions: the weakest penalty fits the noise; the held-out choice is stronger."""
+    from student.finetune import stratified_holdout
+    from student.linear_probe import choose_weight_decay
+
+    x, y = _blobs(60, 3, 2, 1)
+    x = torch.cat([x * 0.3, torch.randn(60, 80, generator=torch.Generator().manual_seed(2), dtype=torch.float64)], 1)
+    entries = [type("E", (), {"label": int(v)})() for v in y]
+    fit, held = stratified_holdout(entries, 0.25, 0)
+    assert len(held) == 15 and not set(fit) & set(held)
+    grid = [1e-4, 1e-2, 1.0, 100.0]
+    chosen, search = choose_weight_decay(x, y, fit, held, 3, grid, 300)
+    assert [r["weight_decay"] for r in search] == grid
+    best = max(r["heldout_top1"] for r in search)
+    assert chosen in grid and next(r for r in search if r["weight_decay"] == chosen)["heldout_top1"] == best
+    weakest = search[0]
+    assert weakest["fit_top1"] == 1.0 and weakest["heldout_top1"] < best  # overfits, and the search sees it
+    assert chosen > 1e-4
+
+
 def test_standardise_uses_train_statistics_only():
     train = torch.tensor([[0.0, 5.0], [2.0, 5.0]], dtype=torch.float64)
     test = torch.tensor([[4.0, 7.0]], dtype=torch.float64)
@@ -78,12 +98,18 @@ def work(tmp_path_factory) -> Path:
 
 
 def test_linear_probe_command_on_the_synthetic_demo(work: Path):
-    out = invoke(work, "linear-probe", "--dataset", "hmdb51", "--build-upstream").output
+    out = invoke(work, "linear-probe", "--dataset", "hmdb51", "--build-upstream",
+                 sets=("linear_probe.heldout_fraction=0.5",)).output
     folder = stage_folder(out, "linear-probe")
     res = json.loads((folder / "linear_probe.json").read_text())
     assert (res["num_train"], res["num_test"], res["num_classes"]) == (20, 10, 10)
     assert res["feature_dim"] == 2 * 64 and res["level"].startswith("video")  # [z_h || z_c] at width 0.125
     assert 0.0 <= res["top1"] <= res["top5"] <= 1.0 and res["train_top1"] > 0.5
+    # the penalty was chosen on held-out TRAIN videos (20 train videos, 2 per class: 1 per class held out)
+    assert res["num_heldout"] == 10 and "held-out 10 of the 20 train videos" in res["weight_decay_chosen_on"]
+    assert res["weight_decay"] in [r["weight_decay"] for r in res["weight_decay_search"]]
+    assert res["heldout_top1"] == max(r["heldout_top1"] for r in res["weight_decay_search"])
+    assert res["chance_top1"] == 0.1 and res["chance_top5"] == 0.5
     preds = (folder / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == 10
     assert f"video-level top-1 {100 * res['top1']:.1f}%" in out.splitlines()[-1]

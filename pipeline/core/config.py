@@ -206,7 +206,10 @@ class LinearProbeConfig:
 
     dataset: str = _opt("hmdb51")
     clips: int = _opt(10, min=1)  # views averaged into one feature per video
-    weight_decay: float = _opt(1e-3, min=0.0)
+    weight_decay: float = _opt(1e-3, min=0.0)  # used only when weight_decays is empty (no search)
+    # L2 penalties tried; the one with the best top-1 on held-out train videos is used (never the test split)
+    weight_decays: list[float] = _list([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0], min=0.0)
+    heldout_fraction: float = _opt(0.2, min=0.0, max=0.5)  # of each class's train videos, for the choice
     max_iter: int = _opt(500, min=1)
     workers: int = _exec(4, min=0)
     device: str = _exec("auto")
