@@ -215,9 +215,17 @@ def run(ctx: click.Context, force: bool, dry_run: bool) -> None:
 
 @main.command("config", context_settings=CONTEXT)
 @click.option("--default", "show_default_file", is_flag=True, help="Print the built-in default file instead.")
+@click.option("--explain", metavar="[KEY]", is_flag=False, flag_value="", default=None,
+              help="What a key (or a section, or with no value every key) means: unit, default, allowed values.")
+@click.option("--docs", "as_docs", is_flag=True, help="Print docs/config.md (every key, as Markdown).")
 @click.pass_context
-def show_config(ctx: click.Context, show_default_file: bool) -> None:
+def show_config(ctx: click.Context, show_default_file: bool, explain: str | None, as_docs: bool) -> None:
     """Print the resolved configuration (default ← --config ← --set) as TOML."""
+    if explain is not None or as_docs:
+        from pipeline.core import config_docs
+
+        click.echo(config_docs.markdown() if as_docs else config_docs.explain(explain or None))
+        return
     if show_default_file:
         click.echo(default_toml_text())
         return
