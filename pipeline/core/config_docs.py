@@ -79,7 +79,7 @@ def _allowed(meta: dict[str, Any]) -> str:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    return f.default_factory()  # type: ignore[misc,operator]
 
 
 def _demo_values() -> dict[str, Any]:
