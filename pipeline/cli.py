@@ -505,9 +505,17 @@ def sweep(ctx: click.Context, protocol: str, dataset: str, splits: tuple[int, ..
     """Run one protocol over splits x seeds; video-level top-1 / top-5 mean +- std per split and overall."""
     import json
 
-    from pipeline.sweep import run_sweep, table_lines, write_sweep
+    from pipeline.sweep import plan_lines, plan_sweep, run_sweep, table_lines, write_sweep
 
     session = _session(ctx)
+    if dry_run:  # one line per distinct stage, the count and a time estimate; nothing is built
+        if protocol not in ("finetune", "linear-probe"):
+            fail(f"sweep --protocol {protocol}: choose finetune or linear-probe")
+        planned, done = plan_sweep(lambda extra: load_config(session.config_file, session.overrides + extra),
+                                   session.work_dir, protocol, dataset, splits, seeds, seed_key)
+        for line in plan_lines(planned, done):
+            click.echo(line)
+        return
 
     def run_one(cfg: Config, stage: Stage) -> Path | None:
         return build(session, cfg, stage, build_upstream=True, dry_run=dry_run, device=stage_device(cfg, stage))
