@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from pipeline.cli_types import SuggestChoice
 from pipeline.core import distributed
 from pipeline.core.config import Config, default_toml_text, dump_toml, load_config, toml_value
 from pipeline.core.errors import user_message
@@ -249,7 +250,7 @@ def synthetic(ctx: click.Context, force: bool, build_upstream: bool, dry_run: bo
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--dataset", "kind", type=click.Choice(["ucf101", "hmdb51", "kinetics400", "folder"]),
+@click.option("--dataset", "kind", type=SuggestChoice(["ucf101", "hmdb51", "kinetics400", "folder"]),
               required=True, help="Annotation format of the dataset.")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Folder of the videos (default: the config's datasets.<name>.root).")
@@ -290,9 +291,9 @@ def manifest(ctx: click.Context, kind: str, root: Path | None, annotations: tupl
 @main.command("teacher-cache", context_settings=CONTEXT)
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SCHP checkpoint file (LIP, ATR or Pascal-Person-Part).")
-@click.option("--backend", type=click.Choice(["schp", "rendered"]), default=None,
+@click.option("--backend", type=SuggestChoice(["schp", "rendered"]), default=None,
               help="schp: the real teacher; rendered: part masks of the synthetic dataset.")
-@click.option("--labels", type=click.Choice(["lip", "atr", "pascal"]), default=None,
+@click.option("--labels", type=SuggestChoice(["lip", "atr", "pascal"]), default=None,
               help="Label set of the checkpoint.")
 @click.option("--shard-index", type=int, default=None, help="Build only shards i, i+n, … (job arrays).")
 @click.option("--num-shards", type=int, default=None, help="Number of jobs sharing the shards.")
@@ -368,7 +369,7 @@ def pretrain(ctx: click.Context, init_from: Path | None, epochs: int | None, dev
 @click.option("--dataset", type=str, default=None, help="Dataset to finetune on (ucf101 or hmdb51).")
 @click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split.")
 @click.option("--from-scratch", is_flag=True, default=None, help="Random initialisation, no pretraining.")
-@click.option("--select-on", type=click.Choice(["val", "test", "last"]), default=None,
+@click.option("--select-on", type=SuggestChoice(["val", "test", "last"]), default=None,
               help="Which epoch to keep: best on held-out train videos, best on test (reported), or last.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
 @common_stage_options
@@ -400,7 +401,7 @@ def finetune(ctx: click.Context, dataset: str | None, split: int | None, from_sc
 @click.option("--dataset", type=str, default=None, help="Dataset whose finetuned model to test.")
 @click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split.")
 @click.option("--clips", type=int, default=None, help="Clips per video.")
-@click.option("--crops", type=click.Choice(["1", "3"]), default=None, help="Spatial crops per clip.")
+@click.option("--crops", type=SuggestChoice(["1", "3"]), default=None, help="Spatial crops per clip.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
 @common_stage_options
 @click.pass_context
@@ -490,7 +491,7 @@ def export(ctx: click.Context, layout: str, branch: str | None, checkpoint: Path
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--protocol", type=click.Choice(["finetune", "linear-probe"]), required=True,
+@click.option("--protocol", type=SuggestChoice(["finetune", "linear-probe"]), required=True,
               help="finetune (+ multi-view evaluate) or linear-probe.")
 @click.option("--dataset", type=str, required=True, help="Dataset name in the config (hmdb51, ucf101, ...).")
 @click.option("--splits", type=click.IntRange(1, 3), multiple=True, default=(1, 2, 3), help="Official splits.")

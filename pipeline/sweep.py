@@ -12,6 +12,7 @@ its seeds vary ``pretrain.seed`` by default: the randomness that a linear probe 
 """
 from __future__ import annotations
 
+import difflib
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,17 @@ def aggregate(runs: Sequence[Run]) -> tuple[dict[int, dict[str, Any]], dict[str,
     return {s: stats([r for r in runs if r.split == s]) for s in splits}, stats(runs)
 
 
+def check_dataset(make_config: Callable[[list[str]], Config], dataset: str) -> None:
+    """The sweep's dataset must be a [datasets.<name>] table of the config: a typo would otherwise
+    create an empty table through the split override and fail much later."""
+    known = list(make_config([]).datasets)
+    if dataset not in known:
+        close = difflib.get_close_matches(dataset, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"sweep --dataset {dataset}: no [datasets.{dataset}] table in the config{hint}; "
+                          f"known: {', '.join(known) or 'none'}")
+
+
 def run_overrides(protocol: str, dataset: str, split: int, seed_key: str, seed: int) -> list[str]:
     """The ``--set`` items that make one (split, seed) run of ``protocol``."""
     section = "finetune" if protocol == "finetune" else "linear_probe"
@@ -87,6 +99,7 @@ def run_sweep(make_config: Callable[[list[str]], Config], work: Path, protocol: 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"sweep --protocol {protocol}: choose one of {', '.join(PROTOCOLS)}")
     seed_key = seed_key or DEFAULT_SEED_KEY[protocol]
+    check_dataset(make_config, dataset)
     runs: list[Run] = []
     for split in splits:
         for seed in seeds:
@@ -153,6 +166,7 @@ def plan_sweep(make_config: Callable[[list[str]], Config], work: Path, protocol:
     from pipeline.stage import stage_status
 
     seed_key = seed_key or DEFAULT_SEED_KEY[protocol]
+    check_dataset(make_config, dataset)
     seen: set[str] = set()
     planned: list[PlannedStage] = []
     done = 0

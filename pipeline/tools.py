@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli_types import SuggestChoice
+
 from pipeline.core.config import ConfigError
 from pipeline.stage import stage_status
 
@@ -15,7 +17,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="SCHP checkpoint file.")
-@click.option("--labels", type=click.Choice(["lip", "atr", "pascal"]), default="lip",
+@click.option("--labels", type=SuggestChoice(["lip", "atr", "pascal"]), default="lip",
               help="Label set of the checkpoint.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Palette PNG to write, at the image's own resolution.")

@@ -404,8 +404,9 @@ class Config:
     def dataset(self, name: str) -> DatasetConfig:
         if name not in self.datasets:
             raise ConfigError(
-                f"no dataset named {name!r} in the config (known: {', '.join(sorted(self.datasets)) or 'none'}); "
-                f"add a [datasets.{name}] table with kind, root and annotations")
+                f"no dataset named {name!r} in the config{_suggest(name, list(self.datasets))} (known: "
+                f"{', '.join(sorted(self.datasets)) or 'none'}); add a [datasets.{name}] table with kind, root and "
+                f"annotations")
         return self.datasets[name]
 
     def to_dict(self) -> dict[str, Any]:
