@@ -206,3 +206,18 @@ def test_cam_png_strips_from_a_classifier_file(setup, tmp_path):
         assert b"CAM (min-max over clip)" in p.with_suffix(".svg").read_bytes()
     recs = [json.loads(line) for line in (tmp_path / "cam.jsonl").read_text().splitlines()]
     assert len(recs) == 2 and all(r["pred_name"] in ("class0", "class1", "class2") for r in recs)
+
+
+def test_visualize_writes_only_the_strips_into_the_output_folder(setup, tmp_path):
+    """`visualize -o DIR`: the strips (PNG + SVG) and cam.jsonl; the TensorBoard copy goes to the work dir."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    tmp, _, ft = setup
+    out, work = tmp_path / "strips", tmp_path / "work"
+    video = tmp / "videos" / "class0" / "test_0.avi"
+    res = CliRunner().invoke(main, ["--work-dir", str(work), "visualize", "--cam", str(video), "--classifier",
+                                    str(ft / "classifier.pt"), "-o", str(out), "--frames", "3", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["cam.jsonl", "test_0.cam.png", "test_0.cam.svg"]
