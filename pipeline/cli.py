@@ -204,6 +204,15 @@ def run(ctx: click.Context, force: bool, dry_run: bool) -> None:
     todo = [st for st, flag in zip(stages, todo_flags) if flag]
     if not todo:
         click.echo(f"Nothing to do: all {len(stages)} stages are up to date in {session.work_dir}.")
+    if dry_run:  # each stage once, in order, with what its build would fail on (pipeline/preflight.py)
+        from pipeline.preflight import check
+
+        for st in todo:
+            s = stage_status(st, session.work_dir)
+            click.echo(f"would build {st.key} ({s.state}{': ' + '; '.join(s.reasons[:2]) if s.reasons else ''})")
+            check(st.key, st.kind, cfg)
+        click.echo(f"{len(todo)} of {len(stages)} stages to build")
+        return
     for st in todo:
         build(session, cfg, st, force=force, build_upstream=True, dry_run=dry_run, device=stage_device(cfg, st))
     if not dry_run:
