@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.core.plotting import new_figure, no_data, save_figure
 
@@ -171,6 +172,7 @@ def finetune_figure(records: Sequence[Mapping[str, Any]], num_classes: int | Non
             acc_ax.axhline(1.0 / num_classes, color="0.4", ls="--", lw=0.9, label=f"chance 1/{num_classes}")
         acc_ax.set_ylim(0.0, 1.02)
         acc_ax.set_xlabel("epoch")
+        acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         acc_ax.set_ylabel("top-1 (fraction)")
         acc_ax.grid(alpha=0.3)
         acc_ax.legend(frameon=False)
