@@ -211,7 +211,7 @@ def evaluate(manifest_dir: Path, finetune_dir: Path, out_dir: Path, cfg: Any, *,
              split: str = "test") -> dict[str, Any]:
     """Test ``finetune_dir/classifier.pt`` on the manifest's ``split`` with N clips × M crops per video.
 
-    Writes (rank 0) predictions.jsonl, metrics.json, confusion.csv, confusion.png into ``out_dir``
+    Writes (rank 0) predictions.jsonl, metrics.json, confusion.csv, confusion.png (+ .svg) into ``out_dir``
     and returns the metrics (keys video_top1, video_top5, clip_top1, clip_top5, num_videos,
     per_class, ...; accuracies are fractions in [0, 1]).
     """
