@@ -8,7 +8,7 @@
   learning rate.
 - :func:`finetune_figure`: the training loss per logged step; train top-1 per epoch, the held-out
   top-1 per epoch (``val_top1`` / ``test_top1``, recorded when ``finetune.select_on`` is val or
-  test), and chance 1/C.
+  test), the evaluate stage's video-level test top-1 at the kept epoch, and chance 1/C.
 - :func:`parsing_figure`: frame | teacher | student rows with a legend of the body parts.
 - :func:`ablation_figure`: per-variant bars (mean over seeds) with 95 % t-intervals and the seeds.
 
@@ -51,13 +51,36 @@ def _xy(rows: Sequence[Mapping[str, Any]], x: str, y: str) -> tuple[list[float],
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+SMOOTH_POINTS = 25  # a curve of more records than this also gets a moving mean over len/25 records
+
+
+def _smooth(ys: Sequence[float]) -> tuple[list[float], int]:
+    """(centred moving mean, window); window 1 (no smoothing) for short curves."""
+    window = max(1, len(ys) // SMOOTH_POINTS)
+    if window == 1:
+        return list(ys), 1
+    kernel = np.ones(window) / window
+    padded = np.pad(np.asarray(ys, dtype=float), (window // 2, window - 1 - window // 2), mode="edge")
+    return list(np.convolve(padded, kernel, mode="valid")), window
+
+
+def _curve(ax: Any, xs: Sequence[float], ys: Sequence[float], colour: str, label: str) -> None:
+    """The per-record curve, faint under its moving mean when there are many records (per-step logging)."""
+    smooth, window = _smooth(ys)
+    if window == 1:
+        ax.plot(xs, ys, lw=1.2, color=colour, label=label)
+        return
+    ax.plot(xs, ys, lw=0.6, color=colour, alpha=0.3)
+    ax.plot(xs, smooth, lw=1.5, color=colour, label=f"{label} (mean of {window} records)")
+
+
 def _loss_panel(ax: Any, steps: Sequence[Mapping[str, Any]], key: str, title: str) -> None:
     xs, ys = _xy(steps, "step", key)
     if not xs:
         no_data(ax, key)
         ax.set_title(title)
         return
-    ax.plot(xs, ys, lw=1.2, label="training batches")
+    _curve(ax, xs, ys, "C0", "training batches")
     ax.set_title(title)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
@@ -72,7 +95,7 @@ def _accuracy_panel(ax: Any, steps: Sequence[Mapping[str, Any]], held: Sequence[
                           ("acc_avid_neg", "A-VID other speed, training", colours["neg"])):
         xs, ys = _xy(steps, "step", key)
         if xs:
-            ax.plot(xs, ys, lw=1.0, color=c, label=label)
+            _curve(ax, xs, ys, c, label)
     ax.axhline(RSP_CHANCE, color=colours["rsp"], ls="--", lw=0.9, label="RSP chance (0.5)")
     if queue_size:
         ax.axhline(1.0 / (queue_size + 1), color=colours["pos"], ls=":", lw=0.9,
@@ -137,8 +160,10 @@ def pretrain_figure(records: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
-def finetune_figure(records: Sequence[Mapping[str, Any]], num_classes: int | None = None) -> Figure:
-    """The finetuning figure from the records of its ``metrics.jsonl`` (``kind``: step / epoch)."""
+def finetune_figure(records: Sequence[Mapping[str, Any]], num_classes: int | None = None,
+                    test: tuple[int, float] | None = None) -> Figure:
+    """The finetuning figure from the records of its ``metrics.jsonl`` (``kind``: step / epoch);
+    ``test`` = (kept epoch, video-level test top-1 of the evaluate stage) adds that point."""
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     fig = new_figure(10.0, 3.6)
@@ -168,6 +193,9 @@ def finetune_figure(records: Sequence[Mapping[str, Any]], num_classes: int | Non
             x, y = _xy(epochs, "epoch", key)
             if x:
                 acc_ax.plot(x, y, "s-", label=label)
+        if test is not None:
+            acc_ax.plot([test[0]], [test[1]], "*", color="C3", ms=12, mec="black",
+                        label="test videos, video-level (evaluate)")
         if num_classes:
             acc_ax.axhline(1.0 / num_classes, color="0.4", ls="--", lw=0.9, label=f"chance 1/{num_classes}")
         acc_ax.set_ylim(0.0, 1.02)
@@ -268,8 +296,9 @@ def write_pretrain_figure(metrics_path: Path, out_stem: Path) -> list[Path]:
     return save_figure(pretrain_figure(read_records(metrics_path)), out_stem)
 
 
-def write_finetune_figure(metrics_path: Path, out_stem: Path, num_classes: int | None = None) -> list[Path]:
-    return save_figure(finetune_figure(read_records(metrics_path), num_classes), out_stem)
+def write_finetune_figure(metrics_path: Path, out_stem: Path, num_classes: int | None = None,
+                          test: tuple[int, float] | None = None) -> list[Path]:
+    return save_figure(finetune_figure(read_records(metrics_path), num_classes, test), out_stem)
 
 
 __all__ = ["ablation_figure", "finetune_figure", "parsing_figure", "pretrain_figure", "read_records", "t_interval",

@@ -71,15 +71,21 @@ def load_report_student(stage_dirs: dict[str, Path]) -> Any:
     return student.eval()
 
 
-def _num_classes(stage_dir: Path) -> int | None:
-    """The class count a finished stage recorded in its stage.json summary (None if it did not)."""
+def _summary(stage_dir: Path) -> dict[str, Any]:
+    """The summary a finished stage recorded in its stage.json ({} if none)."""
     from pipeline.stage import STAGE_FILE
 
     path = stage_dir / STAGE_FILE
-    if not path.is_file():
+    return json.loads(path.read_text(encoding="utf-8")).get("summary", {}) if path.is_file() else {}
+
+
+def _test_point(stage_dirs: dict[str, Path]) -> tuple[int, float] | None:
+    """(kept epoch, video-level test top-1) when the evaluate stage of the run is done."""
+    if "evaluate" not in stage_dirs or "finetune" not in stage_dirs:
         return None
-    value = json.loads(path.read_text(encoding="utf-8")).get("summary", {}).get("num_classes")
-    return int(value) if isinstance(value, int) else None
+    epoch, top1 = _summary(stage_dirs["finetune"]).get("selected_epoch"), _summary(stage_dirs["evaluate"]).get(
+        "video_top1")
+    return (int(epoch), float(top1)) if isinstance(epoch, int) and isinstance(top1, (int, float)) else None
 
 
 def write_run_report(work: Path, cfg: Any, stage_dirs: dict[str, Path], videos: int = 4) -> list[Path]:
@@ -90,8 +96,9 @@ def write_run_report(work: Path, cfg: Any, stage_dirs: dict[str, Path], videos: 
     if "pretrain" in stage_dirs:
         written += write_pretrain_figure(stage_dirs["pretrain"] / "metrics.jsonl", out / "pretrain_curves")
     if "finetune" in stage_dirs:
+        classes = _summary(stage_dirs["finetune"]).get("num_classes")
         written += write_finetune_figure(stage_dirs["finetune"] / "metrics.jsonl", out / "finetune_curves",
-                                         _num_classes(stage_dirs["finetune"]))
+                                         classes if isinstance(classes, int) else None, _test_point(stage_dirs))
     manifests = [stage_dirs[k] for k in ("manifest", "manifest-finetune") if k in stage_dirs]
     if "pretrain" in stage_dirs and manifests and cfg.model.kd:
         held = _held_out_videos(manifests, videos)

@@ -75,11 +75,12 @@ def test_finetune_figure_has_heldout_curve_and_chance():
             for s in range(1, 6)]
     rows += [{"kind": "epoch", "epoch": e, "global_step": 5 * e, "train_loss": 2.0 / e, "train_top1": 0.2 * e,
               "val_top1": 0.15 * e} for e in (1, 2, 3)]
-    fig = finetune_figure(rows, num_classes=10)
+    fig = finetune_figure(rows, num_classes=10, test=(3, 0.4))
     axes = _axes_by_title(fig)
     acc = axes["finetuning top-1"]
     assert acc.get_xlabel() == "epoch" and acc.get_ylabel() == "top-1 (fraction)"
-    assert _legend_texts(acc) == ["train (augmented clips)", "held-out val videos", "chance 1/10"]
+    assert _legend_texts(acc) == ["train (augmented clips)", "held-out val videos",
+                                  "test videos, video-level (evaluate)", "chance 1/10"]
     val = [ln for ln in acc.get_lines() if ln.get_label() == "held-out val videos"][0]
     assert list(val.get_ydata()) == pytest.approx([0.15, 0.3, 0.45])
     loss = axes["finetuning loss"]
@@ -144,3 +145,15 @@ def test_confusion_figure_labels_colour_bar_and_counts(tmp_path: Path):
     assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "2", "3", "4"]  # counts, zero cells blank
     png = write_confusion_png(tmp_path / "confusion.png", cm, ["run", "jump", "wave"])
     assert png.is_file() and png.with_suffix(".svg").is_file()
+
+
+def test_long_curves_get_a_moving_mean_beside_the_raw_records():
+    from pipeline.figures import _smooth
+
+    smooth, window = _smooth([0.0, 10.0] * 50)  # 100 records: window 4
+    assert window == 4 and len(smooth) == 100 and all(abs(v - 5.0) < 1e-9 for v in smooth[2:-2])
+    assert _smooth([1.0, 2.0, 3.0]) == ([1.0, 2.0, 3.0], 1)
+    rows = [{"event": "step", "step": s, "loss_kd": float(s % 2), "acc_rsp": 0.5} for s in range(1, 101)]
+    axes = _axes_by_title(pretrain_figure(rows))
+    labels = [ln.get_label() for ln in axes["KD loss (soft cross-entropy)"].get_lines()]
+    assert labels[1] == "training batches (mean of 4 records)"
