@@ -157,3 +157,22 @@ def test_long_curves_get_a_moving_mean_beside_the_raw_records():
     axes = _axes_by_title(pretrain_figure(rows))
     labels = [ln.get_label() for ln in axes["KD loss (soft cross-entropy)"].get_lines()]
     assert labels[1] == "training batches (mean of 4 records)"
+
+
+def test_run_report_writes_png_and_svg_from_finished_stage_folders(tmp_path: Path):
+    from pipeline.core.config import load_config
+    from pipeline.report import write_run_report
+
+    pre, ft, ev = tmp_path / "pre", tmp_path / "ft", tmp_path / "ev"
+    for folder in (pre, ft, ev):
+        folder.mkdir()
+    (pre / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _pretrain_records(heldout=False)))
+    (ft / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 1, "global_step": 4, "train_loss": 2.0,
+                                                  "train_top1": 0.3}) + "\n")
+    (ft / "stage.json").write_text(json.dumps({"summary": {"num_classes": 4, "selected_epoch": 1}}))
+    (ev / "stage.json").write_text(json.dumps({"summary": {"video_top1": 0.5}}))
+    written = write_run_report(tmp_path / "work", load_config(overrides=["model.kd=false"]),
+                               {"pretrain": pre, "finetune": ft, "evaluate": ev})
+    assert [p.name for p in written] == ["pretrain_curves.png", "pretrain_curves.svg", "finetune_curves.png",
+                                         "finetune_curves.svg"]
+    assert all(p.parent == tmp_path / "work" / "report" and p.stat().st_size > 1000 for p in written)
