@@ -563,7 +563,7 @@ def _other_value(where: tuple[str, str], f: dataclasses.Field, value, files: dic
                ("finetune", "dataset"): "ucf101", ("finetune", "protocol"): "rspnet",
                ("finetune", "crop_area"): [0.3, 0.9], ("finetune", "milestones"): [2, 3],
                ("retrieval", "dataset"): "hmdb51", ("retrieval", "ks"): [1, 5],
-               ("linear_probe", "dataset"): "ucf101",
+               ("linear_probe", "dataset"): "ucf101", ("linear_probe", "weight_decays"): [0.01, 1.0],
                ("run", "stages"): ["synthetic", "manifest"]}
     if where in special:
         return special[where]
