@@ -9,15 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import ConfigError, UserError
 
 # stage kind -> (config section, amp used for inference)
 SECTIONS = {"teacher-cache": ("teacher", True), "pretrain": ("pretrain", False), "finetune": ("finetune", False),
             "evaluate": ("evaluate", True), "retrieval": ("retrieval", True), "linear-probe": ("linear_probe", True)}
-
-
-class PreflightError(UserError, ValueError):
-    """A stage that a dry run says would be built cannot be built with this config on this machine."""
 
 
 def _device(section: str, setting: str) -> str:
@@ -28,8 +24,8 @@ def _device(section: str, setting: str) -> str:
 
     device = stage_device(setting, distributed.current())
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PreflightError(f"{section}.device = {setting!r}, but this machine has no CUDA device; "
-                             f"use 'auto' or 'cpu'")
+        raise ConfigError(f"{section}.device = {setting!r}, but this machine has no CUDA device; "
+                          f"use 'auto' or 'cpu'")
     return device
 
 
@@ -60,10 +56,10 @@ def problems(kind: str, cfg: Any) -> list[str]:
 
 
 def check(stage_key: str, kind: str, cfg: Any) -> None:
-    """Raise one :class:`PreflightError` naming the stage and every problem found."""
+    """Raise one :class:`ConfigError` naming the stage and every problem found."""
     found = problems(kind, cfg)
     if found:
-        raise PreflightError(f"{stage_key} would fail: {'; '.join(found)}")
+        raise ConfigError(f"{stage_key} would fail: {'; '.join(found)}")
 
 
-__all__ = ["PreflightError", "check", "problems"]
+__all__ = ["check", "problems"]

@@ -24,7 +24,7 @@ import torch
 from pipeline.figures import parsing_figure, write_finetune_figure, write_pretrain_figure
 from pipeline.core.plotting import save_figure
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
