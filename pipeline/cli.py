@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple, NoReturn
 
 import click
 
+from pipeline.cli_types import SuggestChoice
 from pipeline.core import distributed
 from pipeline.core.config import Config, default_toml_text, dump_toml, load_config, toml_value
 from pipeline.core.errors import user_message
@@ -234,6 +235,15 @@ def run(ctx: click.Context, force: bool, dry_run: bool) -> None:
     todo = [st for st, flag in zip(stages, todo_flags) if flag]
     if not todo:
         click.echo(f"Nothing to do: all {len(stages)} stages are up to date in {session.work_dir}.")
+    if dry_run:  # each stage once, in order, with what its build would fail on (pipeline/preflight.py)
+        from pipeline.preflight import check
+
+        for st in todo:
+            s = stage_status(st, session.work_dir)
+            click.echo(f"would build {st.key} ({s.state}{': ' + '; '.join(s.reasons[:2]) if s.reasons else ''})")
+            check(st.key, st.kind, cfg)
+        click.echo(f"{len(todo)} of {len(stages)} stages to build")
+        return
     for st in todo:
         build(session, cfg, st, force=force, build_upstream=True, dry_run=dry_run, device=device_setting(cfg, st))
     if not dry_run:
@@ -246,9 +256,17 @@ def run(ctx: click.Context, force: bool, dry_run: bool) -> None:
 
 @main.command("config", context_settings=CONTEXT)
 @click.option("--default", "show_default_file", is_flag=True, help="Print the built-in default file instead.")
+@click.option("--explain", metavar="[KEY]", is_flag=False, flag_value="", default=None,
+              help="What a key (or a section, or with no value every key) means: unit, default, allowed values.")
+@click.option("--docs", "as_docs", is_flag=True, help="Print docs/config.md (every key, as Markdown).")
 @click.pass_context
-def show_config(ctx: click.Context, show_default_file: bool) -> None:
+def show_config(ctx: click.Context, show_default_file: bool, explain: str | None, as_docs: bool) -> None:
     """Print the resolved configuration (default ← --config ← --set) as TOML."""
+    if explain is not None or as_docs:
+        from pipeline.core import config_docs
+
+        click.echo(config_docs.markdown() if as_docs else config_docs.explain(explain or None))
+        return
     if show_default_file:
         click.echo(default_toml_text())
         return
@@ -268,7 +286,7 @@ def synthetic(ctx: click.Context, force: bool, build_upstream: bool, dry_run: bo
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--dataset", "kind", type=click.Choice(["ucf101", "hmdb51", "kinetics400", "folder", "rawframes"]),
+@click.option("--dataset", "kind", type=SuggestChoice(["ucf101", "hmdb51", "kinetics400", "folder", "rawframes"]),
               required=True, help="Annotation format of the dataset.")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Folder of the videos (default: the config's datasets.<name>.root).")
@@ -309,9 +327,9 @@ def manifest(ctx: click.Context, kind: str, root: Path | None, annotations: tupl
 @main.command("teacher-cache", context_settings=CONTEXT)
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SCHP checkpoint file (LIP, ATR or Pascal-Person-Part).")
-@click.option("--backend", type=click.Choice(["schp", "rendered"]), default=None,
+@click.option("--backend", type=SuggestChoice(["schp", "rendered"]), default=None,
               help="schp: the real teacher; rendered: part masks of the synthetic dataset.")
-@click.option("--labels", type=click.Choice(["lip", "atr", "pascal"]), default=None,
+@click.option("--labels", type=SuggestChoice(["lip", "atr", "pascal"]), default=None,
               help="Label set of the checkpoint.")
 @click.option("--shard-index", type=int, default=None, help="Build only shards i, i+n, … (job arrays).")
 @click.option("--num-shards", type=int, default=None, help="Number of jobs sharing the shards.")
@@ -381,7 +399,7 @@ def pretrain(ctx: click.Context, init_from: Path | None, epochs: int | None, dev
 @click.option("--dataset", type=str, default=None, help="Dataset to finetune on (ucf101 or hmdb51).")
 @click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split.")
 @click.option("--from-scratch", is_flag=True, default=None, help="Random initialisation, no pretraining.")
-@click.option("--select-on", type=click.Choice(["val", "test", "last"]), default=None,
+@click.option("--select-on", type=SuggestChoice(["val", "test", "last"]), default=None,
               help="Which epoch to keep: best on held-out train videos, best on test (reported), or last.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
 @common_stage_options
@@ -408,7 +426,7 @@ def finetune(ctx: click.Context, dataset: str | None, split: int | None, from_sc
 @click.option("--dataset", type=str, default=None, help="Dataset whose finetuned model to test.")
 @click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split.")
 @click.option("--clips", type=int, default=None, help="Clips per video.")
-@click.option("--crops", type=click.Choice(["1", "3"]), default=None, help="Spatial crops per clip.")
+@click.option("--crops", type=SuggestChoice(["1", "3"]), default=None, help="Spatial crops per clip.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
 @click.option("--test-set", default=None,
               help="An out-of-context test set of the dataset ([datasets.<name>.test_sets.<set>]: SCUBA, "
@@ -498,7 +516,7 @@ def export(ctx: click.Context, layout: str, branch: str | None, checkpoint: Path
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--protocol", type=click.Choice(["finetune", "linear-probe"]), required=True,
+@click.option("--protocol", type=SuggestChoice(["finetune", "linear-probe"]), required=True,
               help="finetune (+ multi-view evaluate) or linear-probe.")
 @click.option("--dataset", type=str, required=True, help="Dataset name in the config (hmdb51, ucf101, ...).")
 @click.option("--splits", type=click.IntRange(1, 3), multiple=True, default=(1, 2, 3), help="Official splits.")
@@ -515,9 +533,18 @@ def sweep(ctx: click.Context, protocol: str, dataset: str, splits: tuple[int, ..
     """Run one protocol over splits x seeds; video-level top-1 / top-5 mean +- std per split and overall."""
     import json
 
-    from pipeline.sweep import run_sweep, table_lines, write_sweep
+    from pipeline.sweep import plan_lines, plan_sweep, run_sweep, table_lines, write_sweep
 
     session = _session(ctx)
+    if dry_run:  # one line per distinct stage, the count and a time estimate; nothing is built
+        if protocol not in ("finetune", "linear-probe"):
+            fail(f"sweep --protocol {protocol}: choose finetune or linear-probe")
+        planned, done = plan_sweep(lambda extra: load_config(session.config_file, session.overrides + extra),
+                                   session.work_dir, protocol, dataset, splits, seeds, seed_key,
+                                   test_set=test_set)
+        for line in plan_lines(planned, done):
+            click.echo(line)
+        return
 
     def run_one(cfg: Config, stage: Stage) -> Path | None:
         return build(session, cfg, stage, build_upstream=True, dry_run=dry_run, device=device_setting(cfg, stage))

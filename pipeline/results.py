@@ -52,8 +52,18 @@ def results_rows(work: Path, cfg: Config, stages: list[Stage]) -> list[dict]:
             "top5": 100.0 * metrics["video_top5"],
             "paper": f"{paper[0]:.1f} / {paper[1]:.1f}" if paper else "-",
             "videos": metrics.get("num_videos", 0),
+            "chance": _chance_text(metrics),
         })
     return rows
+
+
+def _chance_text(metrics: dict) -> str:
+    """Top-1 / top-5 of a uniform guess (evaluate's chance_top1 / chance_top5; older records: per-class count)."""
+    c1, c5 = metrics.get("chance_top1"), metrics.get("chance_top5")
+    classes = len(metrics.get("per_class") or {})
+    if c1 is None and classes:
+        c1, c5 = 1.0 / classes, min(5, classes) / classes
+    return f"{100 * c1:.1f} / {100 * c5:.1f}" if c1 is not None and c5 is not None else "-"
 
 
 SELECTED_ON = {"val": "held-out train videos", "test": "TEST split", "last": "last epoch"}
@@ -80,14 +90,15 @@ def _selection_text(ft: dict) -> str:
 def render_table(rows: list[dict]) -> str:
     """Markdown table; a test-selected row fills only the test-selected columns."""
     head = ("| dataset | split | backbone | model | protocol | selection | videos | top-1 | top-5 "
-            "| test-selected top-1 | test-selected top-5 | paper (top-1 / top-5) |")
-    sep = "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|"
+            "| test-selected top-1 | test-selected top-5 | chance (top-1 / top-5) | paper (top-1 / top-5) |")
+    sep = "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|"
     lines = [head, sep]
     for r in rows:
         figures = [f"{r['top1']:.1f}", f"{r['top5']:.1f}"]
         default, test = (["-", "-"], figures) if r.get("test_selected") else (figures, ["-", "-"])
         lines.append(f"| {r['dataset']} | {r['split']} | {r['backbone']} | {r['init']} | {r['protocol']} | "
-                     f"{r['selection']} | {r['videos']} | {' | '.join(default)} | {' | '.join(test)} | {r['paper']} |")
+                     f"{r['selection']} | {r['videos']} | {' | '.join(default)} | {' | '.join(test)} | "
+                     f"{r.get('chance', '-')} | {r['paper']} |")
     return "\n".join(lines)
 
 

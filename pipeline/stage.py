@@ -434,8 +434,16 @@ def _ensure_upstream(stage: Stage, work: Path, config: Config, dist: DistInfo, b
                     f"Build it first with `{up.command}`, or pass --build-upstream.")
             if dry_run:
                 log.info("would build %s (%s)", up.key, state)
+                _preflight(up, config)
                 continue
             run_stage(up, work, config, dist=dist, force=False, build_upstream=True, options=options)
+
+
+def _preflight(stage: Stage, config: Config) -> None:
+    """A dry run reports what the build would fail on that the config already shows (pipeline/preflight.py)."""
+    from pipeline.preflight import check
+
+    check(stage.key, stage.kind, config)
 
 
 def _is_done(out: Path) -> bool:
@@ -522,6 +530,7 @@ def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None
     if dry_run:
         st = stage_status(stage, work)
         log.info("would build %s (%s%s)", stage.key, st.state, f": {'; '.join(st.reasons)}" if st.reasons else "")
+        _preflight(stage, config)
         return None
 
     with ExitStack() as stack:

@@ -6,6 +6,7 @@ synthetic ─► manifest:<pretrain set> ─► teacher-cache ─► pretrain �
 """
 from __future__ import annotations
 
+import difflib
 import logging
 from functools import partial
 from pathlib import Path
@@ -411,7 +412,9 @@ class StageGraph:
         out: list[Stage] = []
         for name in self.cfg.run.stages:
             if name not in makers:
-                raise ConfigError(f"run.stages: unknown stage {name!r}; known: {', '.join(makers)}")
+                close = difflib.get_close_matches(name, list(makers), n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"run.stages: unknown stage {name!r}{hint}; known: {', '.join(makers)}")
             for st in makers[name]():
                 if st not in out:
                     out.append(st)

@@ -19,6 +19,19 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{float(value):.{digits}f}" if isinstance(value, (int, float)) else "?"
 
 
+def _vs(value: Any, chance: Any) -> str:
+    """``41.2% (chance 10.0%)``: every accuracy or recall beside the figure a guess would get."""
+    return _pct(value) + (f" (chance {_pct(chance)})" if isinstance(chance, (int, float)) else "")
+
+
+def _class_chance(s: dict[str, Any], k: int = 1) -> float | None:
+    """Top-k chance from a record's ``chance_top{k}``, else from its class count (older records)."""
+    if isinstance(s.get(f"chance_top{k}"), (int, float)):
+        return float(s[f"chance_top{k}"])
+    classes = s.get("num_classes") or len(s.get("per_class") or {})
+    return min(k, classes) / classes if classes else None
+
+
 def _n(count: Any, word: str) -> str:
     """``1 epoch`` / ``8 epochs`` / ``? epochs``."""
     return f"{count} {word}" if count == 1 else f"{count if count is not None else '?'} {word}s"
@@ -67,11 +80,12 @@ def _finetune(s: dict[str, Any]) -> list[str]:
 
 
 def _evaluate(s: dict[str, Any]) -> list[str]:
+    c1, c5 = _class_chance(s, 1), _class_chance(s, 5)
     line = (f"{s.get('num_videos', s.get('videos', '?'))} {s.get('split', 'test')} videos x "
-            f"{s.get('views_per_video', '?')} views: video-level top-1 {_pct(s.get('video_top1'))}, "
-            f"top-5 {_pct(s.get('video_top5'))}")
-    return [line, f"clip-level top-1 {_pct(s.get('clip_top1'))}, top-5 {_pct(s.get('clip_top5'))}; "
-                  f"mean class accuracy {_pct(s.get('mean_class_accuracy'))}"
+            f"{s.get('views_per_video', '?')} views: video-level top-1 {_vs(s.get('video_top1'), c1)}, "
+            f"top-5 {_vs(s.get('video_top5'), c5)}")
+    return [line, f"clip-level top-1 {_vs(s.get('clip_top1'), c1)}, top-5 {_vs(s.get('clip_top5'), c5)}; "
+                  f"mean class accuracy {_vs(s.get('mean_class_accuracy'), c1)}"
             + ("; epoch chosen on the test split" if s.get("test_selected") else "")] + _test_set(s)
 
 
@@ -89,17 +103,21 @@ def _retrieval(s: dict[str, Any]) -> list[str]:
     ks = sorted(recall, key=lambda k: int(k.split("@")[1]))
     return [f"{s.get('num_queries', '?')} test videos query {s.get('num_gallery', '?')} train videos "
             f"({s.get('dataset', '?')}, {s.get('clips', '?')} clips each, {s.get('distance', 'cosine')})",
-            " ".join(f"{k} {_pct(recall[k])}" for k in ks)]
+            ", ".join(f"{k} {_vs(recall[k], s.get('chance', {}).get(k))}" for k in ks)]
 
 
 def _linear_probe(s: dict[str, Any]) -> list[str]:
     if "test_set" in s:
         return [f"linear probe of {s.get('dataset', '?')} on {s.get('num_test', '?')} test-set videos "
                 f"({s.get('level', '?')})"] + _test_set(s)
+    held = s.get("heldout_top1")
     return [f"logistic regression on frozen {s.get('feature_dim', '?')}-d features: {s.get('num_train', '?')} train, "
             f"{s.get('num_test', '?')} test videos, {s.get('num_classes', '?')} classes",
-            f"video-level top-1 {_pct(s.get('top1'))}, top-5 {_pct(s.get('top5'))} "
-            f"(train top-1 {_pct(s.get('train_top1'))})"]
+            f"weight decay {s.get('weight_decay', '?')} chosen on {s.get('weight_decay_chosen_on', '?')}",
+            f"video-level top-1 {_vs(s.get('top1'), _class_chance(s, 1))}, "
+            f"top-5 {_vs(s.get('top5'), _class_chance(s, 5))}"
+            f" (train top-1 {_pct(s.get('train_top1'))}"
+            + (f", held-out top-1 {_pct(held)}" if isinstance(held, (int, float)) else "") + ")"]
 
 
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli_types import SuggestChoice
+
 from pipeline.core.config import ConfigError
 from pipeline.stage import stage_status
 
@@ -15,7 +17,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="SCHP checkpoint file.")
-@click.option("--labels", type=click.Choice(["lip", "atr", "pascal"]), default="lip",
+@click.option("--labels", type=SuggestChoice(["lip", "atr", "pascal"]), default="lip",
               help="Label set of the checkpoint.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Palette PNG to write, at the image's own resolution.")
@@ -67,10 +69,13 @@ def teacher_show_cmd(ctx: click.Context, clip_id: str, output: Path) -> None:
               help="Folder for the PNG strips.")
 @click.option("--frames", type=int, default=8, help="Frames per strip.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--tensorboard-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the optional TensorBoard copy of the strips goes [default: WORK/visualize/tensorboard].")
 @click.pass_context
 def visualize_cmd(ctx: click.Context, videos: tuple[Path, ...], classifier: Path | None, out_dir: Path,
-                  frames: int, device: str) -> None:
-    """Class-activation maps over a clip's frames (the paper's Fig. 3) as PNG strips."""
+                  frames: int, device: str, tensorboard_dir: Path | None) -> None:
+    """Class-activation maps over a clip's frames (the paper's Fig. 3) as PNG strips with a colour bar
+    (and SVG); nothing but the strips and cam.jsonl is written into the output folder."""
     from pipeline.core.distributed import resolve_device
     from student.cam import class_activation_maps
 
@@ -89,7 +94,8 @@ def visualize_cmd(ctx: click.Context, videos: tuple[Path, ...], classifier: Path
         click.echo(f"wrote {p}")
     from pipeline.core.tensorboard_log import SUBDIR, log_png_files
 
-    log_png_files(out_dir / SUBDIR, "cam", list(paths))  # optional TensorBoard copy of the strips
+    # the optional TensorBoard copy stays in the work dir unless asked elsewhere: never in the user's folder
+    log_png_files(tensorboard_dir or session.work_dir / "visualize" / SUBDIR, "cam", list(paths))
 
 
 COMMANDS = [parse_image_cmd, teacher_show_cmd, visualize_cmd]

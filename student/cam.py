@@ -5,7 +5,8 @@ predicted class c its weight row splits by branch, and
     CAM_c = Σ_branches Σ_k w_c,k · A_k        (A_k: channel k of that branch's last feature map)
 is a (T', H', W') map whose spatial mean (plus the bias) is the logit of c. The map is upsampled
 (trilinear) to the clip's frames, min-max normalised over the whole clip (so intensities compare
-across frames), coloured with cv2.COLORMAP_JET and blended 50/50 over the frames.
+across frames), coloured with cv2.COLORMAP_JET and blended 50/50 over the frames; the saved figure
+(PNG + SVG) carries a colour bar for that scale and each tile's frame position.
 
 Input: one centred clip (``clip_len`` consecutive frames around the middle). The WHOLE frame is
 shown to the network, resized so its short side is ``input_size`` (the network is fully
@@ -23,8 +24,12 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
 from data_manifests.video import count_frames, read_frames
+from pipeline.core.plotting import new_figure, save_figure
 from student.finetune_data import consecutive_frames, resize_frames, short_side_size, to_tensor
 
 
@@ -76,9 +81,28 @@ def cam_strip(model: Any, frames_rgb: np.ndarray, input_size: int, frames_per_st
     tiles = overlay(frames_rgb[picks], heat[picks])
     strip = np.concatenate(list(tiles), axis=1)
     label = classes[pred] if classes else str(pred)
-    cv2.putText(strip, f"{label} {100 * float(probs[pred]):.0f}%", (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                (255, 255, 255), 1, cv2.LINE_AA)
-    return strip, {"pred": pred, "pred_name": label, "prob": float(probs[pred])}
+    return strip, {"pred": pred, "pred_name": label, "prob": float(probs[pred]), "frames": picks}
+
+
+def strip_figure(strip_bgr: np.ndarray, frames: Sequence[int], title: str) -> Figure:
+    """The strip with each tile's frame (position in the clip) under it and a colour bar for the heat.
+
+    The bar's scale is the CAM min-max normalised over the whole clip (0: the clip's least active
+    voxel, 1: its most active), coloured with the same JET map as the overlay.
+    """
+    h, w = strip_bgr.shape[:2]
+    n = max(len(frames), 1)
+    fig = new_figure(min(1.3 * n + 1.2, 16.0), 1.3 * h / (w / n) + 0.9)
+    ax = fig.add_subplot()
+    ax.imshow(cv2.cvtColor(strip_bgr, cv2.COLOR_BGR2RGB), interpolation="nearest")
+    tile_w = w / n
+    ax.set_xticks([tile_w * (i + 0.5) for i in range(n)], [str(f) for f in frames])
+    ax.set_yticks([])
+    ax.set_xlabel("frame of the clip")
+    ax.set_title(title)
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet"), ax=ax, shrink=0.9, pad=0.01)
+    bar.set_label("CAM (min-max over clip)")
+    return fig
 
 
 def class_activation_maps(classifier_path: Path | str, video_paths: Sequence[Path | str], out_dir: Path | str, *,
@@ -107,8 +131,8 @@ def class_activation_maps(classifier_path: Path | str, video_paths: Sequence[Pat
             name = f"{video.stem}-{k}.cam.png"
         used.add(name)
         path = out_dir / name
-        if not cv2.imwrite(str(path), strip):
-            raise OSError(f"could not write the CAM strip {path}")
+        title = f"{video.name}: predicted {rec['pred_name']} ({100 * rec['prob']:.0f}%)"
+        save_figure(strip_figure(strip, rec.pop("frames"), title), path.with_suffix(""))
         paths.append(path)
         records.append({"video": video.name, "png": name, **rec})
     (out_dir / "cam.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")

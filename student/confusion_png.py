@@ -1,12 +1,14 @@
-"""The confusion matrix as CSV (with class names) and as a PNG drawn with OpenCV (no matplotlib)."""
+"""The confusion matrix as CSV (with class names) and as a matplotlib figure (PNG + SVG)."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
+from matplotlib.figure import Figure
+
+from pipeline.core.plotting import new_figure, save_figure
 
 
 def write_confusion_csv(path: Path, cm: np.ndarray, classes: Sequence[str]) -> Path:
@@ -27,39 +29,37 @@ def read_confusion_csv(path: Path) -> tuple[list[str], np.ndarray]:
     return classes, np.array([[int(v) for v in r[1:]] for r in rows[1:]], dtype=np.int64)
 
 
-def render_confusion(cm: np.ndarray, classes: Sequence[str], max_side: int = 1200) -> np.ndarray:
-    """A BGR image: row-normalised matrix (viridis), class names when there is room for them."""
+def confusion_figure(cm: np.ndarray, classes: Sequence[str]) -> Figure:
+    """Row-normalised matrix (share of each true class predicted as each class) with a colour bar.
+
+    Class names label the axes up to 40 classes; beyond that the ticks are class indices, as the
+    names would overlap. Cells carry their count when the matrix is small enough to read them.
+    """
     c = cm.shape[0]
     rows = cm.sum(axis=1, keepdims=True).astype(np.float64)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
-    cell = int(np.clip(max_side // max(c, 1), 2, 32))
-    heat = cv2.resize((norm * 255).round().astype(np.uint8), (c * cell, c * cell), interpolation=cv2.INTER_NEAREST)
-    heat = cv2.applyColorMap(heat, cv2.COLORMAP_VIRIDIS)
-    show_names = cell >= 10
-    margin = 0
-    if show_names:
-        scale = min(0.4, cell / 30)
-        margin = 8 + max(cv2.getTextSize(str(n), cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for n in classes)
-    img = np.full((c * cell + margin + 24, c * cell + margin + 8, 3), 255, np.uint8)
-    img[margin:margin + c * cell, margin:margin + c * cell] = heat
-    if show_names:
-        for i, name in enumerate(classes):
-            y = margin + i * cell + cell // 2 + 4
-            cv2.putText(img, str(name), (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        # column names: drawn horizontally on a strip then rotated to run upwards
-        strip = np.full((c * cell, margin, 3), 255, np.uint8)
-        for j, name in enumerate(classes):
-            text_w = cv2.getTextSize(str(name), cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
-            cv2.putText(strip, str(name), (margin - 4 - text_w, j * cell + cell // 2 + 4),
-                        cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        img[:margin, margin:margin + c * cell] = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    cv2.putText(img, "rows: true class, columns: predicted (row-normalised)", (4, img.shape[0] - 8),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
+    side = float(np.clip(2.5 + 0.22 * c, 4.0, 16.0))
+    fig = new_figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    bar.set_label("share of the true class's videos")
+    if c <= 40:
+        ax.set_xticks(range(c), [str(n) for n in classes], rotation=90)
+        ax.set_yticks(range(c), [str(n) for n in classes])
+    if c <= 20:
+        for i in range(c):
+            for j in range(c):
+                if cm[i, j]:
+                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                            color="black" if norm[i, j] > 0.5 else "white")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion matrix: {int(cm.sum())} videos, {c} classes"
+                 + ("; numbers are video counts" if c <= 20 else ""))
+    return fig
 
 
 def write_confusion_png(path: Path, cm: np.ndarray, classes: Sequence[str]) -> Path:
-    path = Path(path)
-    if not cv2.imwrite(str(path), render_confusion(cm, classes)):
-        raise OSError(f"could not write the confusion matrix image {path}")
-    return path
+    """``path`` (PNG) and the same figure as SVG beside it; returns the PNG's path."""
+    return save_figure(confusion_figure(cm, classes), Path(path))[0]

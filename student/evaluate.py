@@ -186,6 +186,9 @@ def summarise(scores: Sequence[VideoScore], classes: Sequence[str]) -> tuple[dic
         "per_class": {name: pc[i] for i, name in enumerate(classes)},
         "per_class_count": {name: int(cm[i].sum()) for i, name in enumerate(classes)},
         "top5_k": min(5, c),
+        # a uniform guess over the c classes (also the chance of mean class accuracy)
+        "chance_top1": 1.0 / c if c else 0.0,
+        "chance_top5": min(5, c) / c if c else 0.0,
     }
     return metrics, probs.numpy(), cm
 
@@ -204,7 +207,7 @@ def evaluate(manifest_dir: Path, finetune_dir: Path, out_dir: Path, cfg: Any, *,
              split: str = "test") -> dict[str, Any]:
     """Test ``finetune_dir/classifier.pt`` on the manifest's ``split`` with N clips × M crops per video.
 
-    Writes (rank 0) predictions.jsonl, metrics.json, confusion.csv, confusion.png into ``out_dir``
+    Writes (rank 0) predictions.jsonl, metrics.json, confusion.csv, confusion.png (+ .svg) into ``out_dir``
     and returns the metrics (keys video_top1, video_top5, clip_top1, clip_top5, num_videos,
     per_class, ...; accuracies are fractions in [0, 1]).
     """

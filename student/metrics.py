@@ -103,3 +103,25 @@ def recall_at_k(queries: torch.Tensor, query_labels: Sequence[int] | torch.Tenso
     match = gl[order] == ql[:, None]  # (Q, G) in rank order
     first_hit = torch.where(match.any(1), match.float().argmax(1), torch.full_like(ql, len(gl)))
     return {k: int((first_hit < min(k, len(gl))).sum()) / len(ql) for k in ks}
+
+
+def recall_at_k_chance(query_labels: Sequence[int], gallery_labels: Sequence[int],
+                       ks: Iterable[int]) -> dict[int, float]:
+    """R@k of a random ranking: mean over queries of 1 - C(G - n_c, k) / C(G, k), with n_c the gallery
+    items of the query's class among G (k clamped to G), i.e. the chance that k random picks hit one."""
+    gallery = list(gallery_labels)
+    counts: dict[int, int] = {}
+    for g in gallery:
+        counts[int(g)] = counts.get(int(g), 0) + 1
+    size, queries = len(gallery), list(query_labels)
+    out = {}
+    for k in (int(k) for k in ks):
+        kk = min(k, size)
+        miss = []
+        for q in queries:
+            p, others = 1.0, size - counts.get(int(q), 0)
+            for i in range(kk):
+                p *= max(others - i, 0) / (size - i)
+            miss.append(p)
+        out[k] = 1.0 - sum(miss) / len(miss) if miss else 0.0
+    return out

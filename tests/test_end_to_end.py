@@ -102,6 +102,7 @@ def test_every_stage_output(work: Path):
     for name in ("pretrain_curves.png", "finetune_curves.png", "parsing.png"):
         image = cv2.imread(str(work / "report" / name))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 200, name
+        assert (work / "report" / name).with_suffix(".svg").is_file(), name
 
 
 @pytest.mark.slow

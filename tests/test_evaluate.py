@@ -70,7 +70,7 @@ def test_files_match_returned_metrics(setup, single):
     for i, name in enumerate(classes):
         assert m["per_class"][name] == cm[i, i] / cm[i].sum()
     png = cv2.imread(str(tmp_path / "confusion.png"))
-    assert png is not None and png.shape[2] == 3
+    assert png is not None and png.shape[2] == 3 and (tmp_path / "confusion.svg").is_file()
     assert 0.0 <= m["clip_top1"] <= 1.0 and m["clip_top5"] == 1.0
 
 
@@ -202,7 +202,23 @@ def test_cam_png_strips_from_a_classifier_file(setup, tmp_path):
     paths = class_activation_maps(ft / "classifier.pt", videos, tmp_path, frames_per_strip=5)
     assert [p.name for p in paths] == ["test_0.cam.png", "test_0-2.cam.png"]  # same stem: de-duplicated
     for p in paths:
-        img = cv2.imread(str(p))
-        assert img.shape == (40, 5 * 48, 3)
+        img = cv2.imread(str(p))  # the strip (5 tiles of 40 x 48) drawn with frame ticks and a colour bar
+        assert img is not None and img.shape[1] > 5 * 48 and p.with_suffix(".svg").is_file()
+        assert b"CAM (min-max over clip)" in p.with_suffix(".svg").read_bytes()
     recs = [json.loads(line) for line in (tmp_path / "cam.jsonl").read_text().splitlines()]
     assert len(recs) == 2 and all(r["pred_name"] in ("class0", "class1", "class2") for r in recs)
+
+
+def test_visualize_writes_only_the_strips_into_the_output_folder(setup, tmp_path):
+    """`visualize -o DIR`: the strips (PNG + SVG) and cam.jsonl; the TensorBoard copy goes to the work dir."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    tmp, _, ft = setup
+    out, work = tmp_path / "strips", tmp_path / "work"
+    video = tmp / "videos" / "class0" / "test_0.avi"
+    res = CliRunner().invoke(main, ["--work-dir", str(work), "visualize", "--cam", str(video), "--classifier",
+                                    str(ft / "classifier.pt"), "-o", str(out), "--frames", "3", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["cam.jsonl", "test_0.cam.png", "test_0.cam.svg"]

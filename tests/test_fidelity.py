@@ -126,7 +126,8 @@ def _fake_eval_stage(tmp: Path, name: str, selected_on: str, top1: float) -> Sim
     (ft_dir / "stage.json").write_text(json.dumps({"summary": summary}))
     (ev_dir / "stage.json").write_text("{}")
     (ev_dir / "metrics.json").write_text(json.dumps({"video_top1": top1, "video_top5": 0.9, "clips": 10,
-                                                     "crops": 1, "aggregate": "logits", "num_videos": 7}))
+                                                     "crops": 1, "aggregate": "logits", "num_videos": 7,
+                                                     "chance_top1": 1 / 51, "chance_top5": 5 / 51}))
     ft = SimpleNamespace(kind="finetune", out_dir=lambda work: ft_dir)
     return SimpleNamespace(kind="evaluate", out_dir=lambda work: ev_dir, upstream=[ft])
 
@@ -141,10 +142,12 @@ def test_results_table_names_protocol_and_selection_and_never_mixes_test_selecte
     lines = render_table(rows).splitlines()
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    col = {name: head.index(name) for name in ("protocol", "selection", "top-1", "test-selected top-1")}
+    col = {name: head.index(name) for name in ("protocol", "selection", "top-1", "test-selected top-1",
+                                               "chance (top-1 / top-5)")}
     val, test = cells
     assert (val[col["top-1"]], val[col["test-selected top-1"]]) == ("41.2", "-")
     assert (test[col["top-1"]], test[col["test-selected top-1"]]) == ("-", "46.8")
+    assert val[col["chance (top-1 / top-5)"]] == "2.0 / 9.8"  # 51 classes
     assert val[col["protocol"]] == "paper:c3d/hmdb51: 100 ep, step [50, 70, 90]; 10×1 views, logits averaged"
     assert val[col["selection"]] == "epoch 57 of 100, chosen on held-out train videos"
     assert test[col["selection"]] == "epoch 57 of 100, chosen on TEST split"
@@ -560,7 +563,7 @@ def _other_value(where: tuple[str, str], f: dataclasses.Field, value, files: dic
                ("finetune", "dataset"): "ucf101", ("finetune", "protocol"): "rspnet",
                ("finetune", "crop_area"): [0.3, 0.9], ("finetune", "milestones"): [2, 3],
                ("retrieval", "dataset"): "hmdb51", ("retrieval", "ks"): [1, 5],
-               ("linear_probe", "dataset"): "ucf101",
+               ("linear_probe", "dataset"): "ucf101", ("linear_probe", "weight_decays"): [0.01, 1.0],
                ("datasets", "classes"): "synthetic:elsewhere/classes.txt", ("datasets", "parent"): "hmdb51",
                ("datasets", "filename_tmpl"): "frame{:06d}.png",
                ("evaluate", "test_sets"): ["scene_swapped"],

@@ -86,3 +86,14 @@ def test_recall_ties_prefer_lower_gallery_index():
     g = torch.tensor([[1., 0], [1, 0], [2, 0]])  # all identical direction
     q = torch.tensor([[3., 0]])
     assert recall_at_k(q, [1], g, [0, 1, 1], ks=[1, 2]) == {1: 0.0, 2: 1.0}
+
+
+def test_recall_chance_hand_computed():
+    from student.metrics import recall_at_k_chance
+
+    # gallery of 4: two of class 0, one of 1, one of 2. A class-0 query: R@1 = 2/4, R@2 = 1 - (2·1)/(4·3) = 5/6;
+    # a class-3 query (absent from the gallery) never hits.
+    r = recall_at_k_chance([0, 3], [0, 0, 1, 2], [1, 2, 9])
+    assert r[1] == 0.25 and abs(r[2] - 5 / 12) < 1e-12 and r[9] == 0.5
+    # 10 balanced classes: R@1 chance is 1/10, as in the demo's retrieval
+    assert abs(recall_at_k_chance(list(range(10)), list(range(10)) * 5, [1])[1] - 0.1) < 1e-12

@@ -61,3 +61,21 @@ def test_pretrain_and_teacher_headlines():
         "clips_computed": 40, "teacher": "schp", "labels": "lip", "map_size": 64, "shards": 3, "failed": 0}},
         Path("/t"))
     assert tc[1].startswith("  40 teacher maps written (schp teacher")
+
+
+def test_every_accuracy_and_recall_is_stated_beside_chance():
+    ev = summary_lines({"stage": "evaluate", "name": "e", "summary": {
+        "num_videos": 30, "views_per_video": 4, "video_top1": 0.5, "video_top5": 0.9, "clip_top1": 0.4,
+        "clip_top5": 0.8, "mean_class_accuracy": 0.45, "per_class": {f"c{i}": 0.5 for i in range(10)}}}, Path("/e"))
+    assert "video-level top-1 50.0% (chance 10.0%), top-5 90.0% (chance 50.0%)" in ev[1]
+    assert "mean class accuracy 45.0% (chance 10.0%)" in ev[2]
+    ret = summary_lines({"stage": "retrieval", "name": "r", "summary": {
+        "recall": {"R@1": 0.1, "R@5": 0.4}, "chance": {"R@1": 0.1, "R@5": 0.41}}}, Path("/r"))
+    assert ret[2] == "  R@1 10.0% (chance 10.0%), R@5 40.0% (chance 41.0%)"
+    lp = summary_lines({"stage": "linear-probe", "name": "l", "summary": {
+        "num_classes": 10, "chance_top1": 0.1, "chance_top5": 0.5, "top1": 0.3, "top5": 0.7, "train_top1": 0.6,
+        "heldout_top1": 0.35, "weight_decay": 1.0, "weight_decay_chosen_on": "held-out 76 of the 380 train videos"}},
+        Path("/l"))
+    assert lp[2] == "  weight decay 1.0 chosen on held-out 76 of the 380 train videos"
+    assert lp[3] == "  video-level top-1 30.0% (chance 10.0%), top-5 70.0% (chance 50.0%) (train top-1 60.0%, " \
+                    "held-out top-1 35.0%)"

@@ -46,6 +46,10 @@ def test_tiny_pretraining_writes_loss_scalars_tensorboard_can_read(work: Path):
     steps = [r for r in steps if r.get("event") == "step"]
     got = [(e.step, e.value) for e in acc.Scalars("step/loss")]
     assert got == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in steps]  # the same records
+    # the demo logs every optimizer step (pretrain.log_interval = 1 in the built-in config)
+    start = next(json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line).get("event") == "start")
+    assert [r["step"] for r in steps] == list(range(1, start["total_steps"] + 1))
 
 
 @needs_tb

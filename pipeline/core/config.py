@@ -39,7 +39,19 @@ def _list(default: list, **kw: Any) -> Any:
 
 @dataclass
 class SyntheticConfig:
-    """The generated demo dataset (used by roots written ``synthetic:<set>``)."""
+    """The generated demo dataset (used by roots written ``synthetic:<set>``).
+
+    Keys:
+        seed: seed of the generator; every video, figure and background is a function of it.
+        frames (frames): length of every generated video.
+        width (pixels): frame width of the generated videos.
+        height (pixels): frame height of the generated videos.
+        fps (frames per second): frame rate written into the video files (sets how fast an action looks).
+        kinetics_per_class (videos): Kinetics-style videos per class (the pretraining set; a quarter are val).
+        ucf_per_class (videos): UCF101-style videos per class (retrieval's default dataset).
+        hmdb_per_class (videos): HMDB51-style videos per class (the finetuning set; split into train/test/unused).
+        workers (processes): parallel video writers.
+    """
 
     seed: int = _opt(0)
     frames: int = _opt(48, min=8)
@@ -54,7 +66,22 @@ class SyntheticConfig:
 
 @dataclass
 class DatasetConfig:
-    """One video dataset: its format, where the videos are and where the official annotations are."""
+    """One video dataset: its format, where the videos are and where the official annotations are.
+
+    Keys:
+        kind: annotation format of the dataset; "folder" is one sub-folder per class.
+        root (path): folder holding the videos (``synthetic:<set>`` points into the synthetic stage's output).
+        annotations (paths): official annotation files or folders (split lists, CSVs); format per ``kind``.
+        split: official split number (UCF101 / HMDB51 have three).
+        min_frames (frames): videos with fewer decodable frames are rejected (listed in rejected.jsonl).
+        allow_missing: build the manifest even when many annotated videos are missing from ``root``.
+        workers (processes): parallel video probes.
+        classes (path): class-list file (one name per line, or "<index> <name>"); labels index that list.
+        parent: dataset whose manifest's class list a test set cut from it uses (SCUBA, Mimetics).
+        filename_tmpl: frame file name of a frame folder (kind "rawframes"), e.g. "img_{:05}.jpg".
+        start_index (frame number): number of a frame folder's first frame file.
+        fps (frames per second): frame rate recorded for frame folders (image files carry none).
+    """
 
     kind: str = _opt("folder", choices=("ucf101", "hmdb51", "kinetics400", "folder", "rawframes"))
     root: str = _opt("")
@@ -76,7 +103,14 @@ class DatasetConfig:
 
 @dataclass
 class ClipsConfig:
-    """The clip plan: anchors per video and the playback geometry of a training clip."""
+    """The clip plan: anchors per video and the playback geometry of a training clip.
+
+    Keys:
+        anchors_per_video (frames): anchor frames per video; each gets a teacher map and centres training clips.
+        clip_len (frames): frames per clip fed to the student.
+        speeds (frame strides): playback speeds of RSP; the longest span is clip_len x max(speeds).
+        splits: manifest splits whose videos enter the clip plan (pretraining and the teacher cache).
+    """
 
     anchors_per_video: int = _opt(8, min=1)
     clip_len: int = _opt(16, min=1)
@@ -91,7 +125,22 @@ class ClipsConfig:
 
 @dataclass
 class TeacherConfig:
-    """How the teacher's parsing maps are produced and stored."""
+    """How the teacher's parsing maps are produced and stored.
+
+    Keys:
+        backend: "schp" runs the SCHP network; "rendered" uses the synthetic generator's exact part masks.
+        checkpoint (path): SCHP checkpoint file (schp backend only).
+        labels: SCHP label set of the checkpoint: lip (20 classes), atr (18), pascal (7).
+        input_size (pixels): SCHP input side; 0 takes the label set's own (473 LIP, 512 ATR / Pascal).
+        map_size (pixels): side of the cached softmax maps (frame coordinates, whole frame).
+        shard_size (clips): clips per HDF5 shard (the unit of work split across GPUs and job arrays).
+        flip_test: also parse the mirrored frame and average (SCHP's flip test).
+        softness (map pixels): rendered backend only: blur of the part masks, making soft targets.
+        batch_size (frames): frames per teacher forward pass.
+        workers (processes): frame-decoding DataLoader workers.
+        device: auto, cpu, cuda or cuda:N.
+        amp: mixed precision of the teacher forward pass (auto: bf16/fp16 on GPU, off on CPU).
+    """
 
     backend: str = _opt("schp", choices=("schp", "rendered"))
     checkpoint: str = _opt("")
@@ -109,7 +158,18 @@ class TeacherConfig:
 
 @dataclass
 class ModelConfig:
-    """The multi-task student (paper §3)."""
+    """The multi-task student (paper §3).
+
+    Keys:
+        backbone: 3D-CNN backbone, state-dict-compatible with RSPNet's releases.
+        width (multiplier): channel width multiplier (1.0 = the published network; small for CPU runs).
+        split_after (backbone stage): last stage of the shared low-level encoder f_l; the rest is h_h and h_c.
+        input_size (pixels): side of the square training crops.
+        parse_size (pixels): side of the KD decoder's parsing output.
+        kd: train the human-prior distillation branch (false: the paper's "w/o KD").
+        task_dependent: separate high-level encoders h_h and h_c (false: the paper's "TI", one shared).
+        proj_dim (dimensions): output size of the RSP and A-VID projection heads.
+    """
 
     backbone: str = _opt("c3d", choices=("c3d", "r2plus1d", "r3d18"))
     width: float = _opt(1.0, min=0.0625, max=4.0)
@@ -123,7 +183,37 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    """Self-supervised multi-task pretraining (RSPNet recipe + human-prior distillation)."""
+    """Self-supervised multi-task pretraining (RSPNet recipe + human-prior distillation).
+
+    Keys:
+        dataset: name of the [datasets.<name>] table to pretrain on.
+        epochs (epochs): passes over the clip plan.
+        batch_size (clips per process): query clips per step on each process.
+        lr (learning rate): SGD learning rate for a global batch of 64, scaled linearly with the global batch.
+        momentum: SGD momentum.
+        weight_decay: SGD L2 weight decay.
+        lambda_kd (weight): weight of the KD loss (paper Eq. 4).
+        lambda_m (weight): weight of the RSP margin-ranking loss.
+        lambda_a (weight): weight of the A-VID InfoNCE loss.
+        queue_size (keys): MoCo queue length, trimmed to a multiple of the global batch (as RSPNet).
+        exclude_same_video: keep each queued key's video id and leave a query's own video out of its negatives.
+        moco_momentum: EMA momentum of the key encoder.
+        temperature: softmax temperature of the contrastive similarities.
+        margin: margin of the RSP ranking loss.
+        crop_area (fraction of frame area): [min, max] area of the random resized crop.
+        seed: seed of sampling, augmentation and initialisation.
+        init_from (path): start from these encoder weights (a student.pt or an RSPNet release) instead of random.
+        max_steps_per_epoch (steps): cap on steps per epoch; 0 is a full pass over the clip plan.
+        max_missing_maps (fraction): refuse to train when more of the clip plan has no teacher map (a lost
+            shard); raising it does not change the output's id.
+        deterministic: deterministic kernels (slower).
+        amp: mixed precision (auto: bf16/fp16 on GPU, off on CPU); fp16 and bf16 need a GPU.
+        augment_device: "gpu" ships uint8 crops and runs colour jitter, grayscale and normalisation batched on
+            the training device (equal to "cpu" to float tolerance).
+        workers (processes): DataLoader workers.
+        device: auto, cpu, cuda or cuda:N.
+        log_interval (steps): steps per metrics.jsonl / TensorBoard record (window means).
+    """
 
     dataset: str = _opt("kinetics400")
     epochs: int = _opt(200, min=1)
@@ -159,7 +249,31 @@ class PretrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Supervised finetuning on UCF101 / HMDB51 (RSPNet's protocols as presets)."""
+    """Supervised finetuning on UCF101 / HMDB51 (RSPNet's protocols as presets).
+
+    Keys:
+        dataset: name of the [datasets.<name>] table to finetune on.
+        protocol: auto / paper (RSPNet's preset, 100 epochs), rspnet (its released configs), custom (every
+            value from this section), or a preset name such as "paper:c3d/hmdb51"; see student/protocols.py.
+        epochs (epochs): 0 takes the protocol's.
+        batch_size (clips per process): 0 takes the protocol's.
+        lr (learning rate): 0 takes the protocol's.
+        schedule: learning-rate schedule; "" takes the protocol's.
+        milestones (epochs): step schedule's decay epochs; [] takes the protocol's.
+        momentum: SGD momentum.
+        weight_decay: SGD L2 weight decay.
+        crop_area (fraction of frame area): [min, max] area of the random resized crop.
+        val_fraction (fraction): share of each class's train videos held out to choose the epoch.
+        select_on: which epoch's weights are kept: best on the held-out val videos, best on test (reported as
+            such), or the last.
+        from_scratch: random initialisation instead of the pretrained student (the "scratch" baseline).
+        seed: seed of sampling, augmentation, the val draw and the classifier's initialisation.
+        deterministic: deterministic kernels (slower).
+        amp: mixed precision (auto: bf16/fp16 on GPU, off on CPU); fp16 and bf16 need a GPU.
+        workers (processes): DataLoader workers.
+        device: auto, cpu, cuda or cuda:N.
+        log_interval (steps): steps per metrics.jsonl / TensorBoard record.
+    """
 
     dataset: str = _opt("hmdb51")
     # auto = "paper" (RSPNet's preset, 100 epochs); "rspnet"; "custom"; see student/protocols.py
@@ -185,7 +299,16 @@ class FinetuneConfig:
 
 @dataclass
 class EvaluateConfig:
-    """Multi-view test protocol: N clips × M crops per video, softmax averaged."""
+    """Multi-view test protocol: N clips × M crops per video, softmax averaged.
+
+    Keys:
+        clips (clips per video): evenly spaced clips per test video.
+        crops (crops per clip): 1 centre crop, or 3 (left / centre / right).
+        test_sets: out-of-context test sets of finetune.dataset that `pipeline run` also evaluates.
+        chunk (views): views per forward pass (memory).
+        workers (processes): decoding workers.
+        device: auto, cpu, cuda or cuda:N.
+    """
 
     clips: int = _opt(10, min=1)
     crops: int = _opt(1, choices=(1, 3))
@@ -199,7 +322,15 @@ class EvaluateConfig:
 
 @dataclass
 class RetrievalConfig:
-    """Nearest-neighbour video retrieval from the pretrained representation (no finetuning)."""
+    """Nearest-neighbour video retrieval from the pretrained representation (no finetuning).
+
+    Keys:
+        dataset: name of the [datasets.<name>] table: test videos query its train videos.
+        clips (clips per video): centre-crop clips averaged into one feature per video.
+        ks (neighbours): the k of each reported R@k.
+        workers (processes): decoding workers.
+        device: auto, cpu, cuda or cuda:N.
+    """
 
     dataset: str = _opt("ucf101")
     clips: int = _opt(10, min=1)
@@ -210,11 +341,25 @@ class RetrievalConfig:
 
 @dataclass
 class LinearProbeConfig:
-    """Linear probe on frozen [z_h || z_c] features (student/linear_probe.py): logistic regression by L-BFGS."""
+    """Linear probe on frozen [z_h || z_c] features (student/linear_probe.py): logistic regression by L-BFGS.
+
+    Keys:
+        dataset: name of the [datasets.<name>] table to probe.
+        clips (clips per video): centre-crop clips averaged into one feature per video.
+        weight_decay (L2 penalty): used only when weight_decays is empty (no search).
+        weight_decays (L2 penalties): candidates; the best top-1 on held-out train videos wins (never the test split).
+        heldout_fraction (fraction): share of each class's train videos held out to choose the penalty.
+        max_iter (iterations): L-BFGS iterations per fit.
+        workers (processes): decoding workers.
+        device: auto, cpu, cuda or cuda:N.
+    """
 
     dataset: str = _opt("hmdb51")
     clips: int = _opt(10, min=1)  # views averaged into one feature per video
-    weight_decay: float = _opt(1e-3, min=0.0)
+    weight_decay: float = _opt(1e-3, min=0.0)  # used only when weight_decays is empty (no search)
+    # L2 penalties tried; the one with the best top-1 on held-out train videos is used (never the test split)
+    weight_decays: list[float] = _list([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0], min=0.0)
+    heldout_fraction: float = _opt(0.2, min=0.0, max=0.5)  # of each class's train videos, for the choice
     max_iter: int = _opt(500, min=1)
     workers: int = _exec(4, min=0)
     device: str = _exec("auto")
@@ -224,7 +369,14 @@ class LinearProbeConfig:
 class TranscodeConfig:
     """Optional one-time copies of the videos for the student (data_manifests/transcode.py): short side
     ``short_side``, every frame index kept, all-intra MJPEG in AVI (every frame a keyframe, so reads
-    seek). The teacher keeps reading the originals."""
+    seek). The teacher keeps reading the originals.
+
+    Keys:
+        enabled: write the copies (run's transcode stage does nothing otherwise).
+        short_side (pixels): short side of the copies (the student's 112-pixel crops never need more).
+        codec: mjpeg (all-intra, read by seeking) or mp4v (about half the disk, read forward).
+        workers (processes): parallel transcoders.
+    """
 
     enabled: bool = _opt(False)
     short_side: int = _opt(128, min=16)  # the student's 112² crops never need more
@@ -235,7 +387,11 @@ class TranscodeConfig:
 
 @dataclass
 class RunConfig:
-    """What ``pipeline run`` does: its stages, in order."""
+    """What ``pipeline run`` does: its stages, in order.
+
+    Keys:
+        stages: stage kinds ``pipeline run`` builds, in order (transcode only when [transcode] enabled).
+    """
 
     stages: list[str] = _list(["synthetic", "manifest", "transcode", "teacher-cache", "pretrain", "finetune",
                                "evaluate"])  # transcode: only when [transcode] enabled
@@ -277,8 +433,9 @@ class Config:
             return self.test_set(*name.split(".", 1))
         if name not in self.datasets:
             raise ConfigError(
-                f"no dataset named {name!r} in the config (known: {', '.join(sorted(self.datasets)) or 'none'}); "
-                f"add a [datasets.{name}] table with kind, root and annotations")
+                f"no dataset named {name!r} in the config{_suggest(name, list(self.datasets))} (known: "
+                f"{', '.join(sorted(self.datasets)) or 'none'}); add a [datasets.{name}] table with kind, root and "
+                f"annotations")
         return self.datasets[name]
 
     def to_dict(self) -> dict[str, Any]:
