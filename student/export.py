@@ -161,5 +161,5 @@ def read_exported(path: Path) -> dict[str, Any]:
     return load_checkpoint(Path(path))
 
 
-__all__ = ["BRANCHES", "ExportError", "ExportResult", "available_layouts", "branch_backbone", "export_checkpoint", "export_state",
-           "student_from_file", "read_exported"]
+__all__ = ["BRANCHES", "ExportError", "ExportResult", "available_layouts", "branch_backbone", "export_checkpoint",
+           "export_state", "student_from_file", "read_exported"]

@@ -132,4 +132,5 @@ def torchvision_state(backbone: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return {torchvision_key(k): v for k, v in backbone.items()}
 
 
-__all__ = ["LAYOUTS", "RSPNET_ARCH", "ExportError", "available_layouts", "refusal", "rspnet_state", "torchvision_key", "torchvision_state"]
+__all__ = ["LAYOUTS", "RSPNET_ARCH", "ExportError", "available_layouts", "refusal",
+           "rspnet_state", "torchvision_key", "torchvision_state"]
