@@ -531,7 +531,7 @@ def peaked_schp_checkpoint(path: Path, sz: Sizes, frame_source: Path, seed: int 
     for _ in range(60):  # the top probability grows with the scale: bisection in log space
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if peak(mid) < sz.teacher_peak else (lo, mid)
-    final = model.fushion[3]
+    final: Any = model.fushion[3]  # the last 1x1 conv: logits scale with its weight and bias
     with torch.no_grad():
         final.weight.mul_(hi)
         final.bias.mul_(hi)
@@ -567,7 +567,7 @@ def run_teacher_cache(sz: Sizes, device: torch.device, manifest_dir: Path, out: 
     def with_layout(*a: Any, **kw: Any) -> Any:
         backend = original(*a, **kw)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        backend.model = backend.model.to(memory_format=fmt)
+        backend.model = backend.model.to(memory_format=fmt)  # type: ignore[attr-defined]
         return backend
 
     cache_stage.make_backend = with_layout
@@ -707,7 +707,7 @@ def ddp2_section(rec: dict[str, Any], sz: Sizes, device: torch.device, budget: B
         rec["skipped"] = f"{torch.cuda.device_count()} GPU visible; the two-rank NCCL section needs 2"
         return
     budget.check("ddp2")
-    ctx = mp.get_context("spawn" if device.type == "cuda" else "fork")
+    ctx: Any = mp.get_context("spawn" if device.type == "cuda" else "fork")
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         procs = [ctx.Process(target=_ddp2_rank, args=(r, port, sz, tmp)) for r in range(2)]
@@ -831,7 +831,8 @@ def gate(fig: dict[str, Any], lim: Thresholds, device: torch.device) -> list[Che
     tea = fig.get("teacher")
     if tea is not None:
         agree = tea.get("agreement_with_fp32", {})
-        peak = next(iter(agree.values()), {}).get("fp32_mean_top_prob")
+        first: dict[str, Any] = next(iter(agree.values()), {})
+        peak = first.get("fp32_mean_top_prob")
         checks.append(_check("teacher fp32 maps peaked (mean top prob)", "teacher", peak, ">=", lim.teacher_peak_min))
         wanted = [("bf16", lim.teacher_bf16_argmax_pct, lim.teacher_bf16_max_dp)]
         if device.type == "cuda":

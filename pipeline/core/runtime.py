@@ -125,7 +125,7 @@ def deterministic_mode(enabled: bool, device: str | torch.device) -> Iterator[No
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
 
 
-def ddp_buffer_kwargs(sync_each_step: bool) -> dict[str, bool]:
+def ddp_buffer_kwargs(sync_each_step: bool) -> dict[str, Any]:
     """DDP's keyword for "broadcast buffers before every forward": ``forward_sync_buffers`` where this torch
     has it (``broadcast_buffers`` is deprecated there and warns once per rank), else ``broadcast_buffers``.
 
