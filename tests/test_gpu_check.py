@@ -96,9 +96,13 @@ def test_budget_stops_a_section_from_inside_and_keeps_what_it_measured() -> None
     budget = gpu_check.Budget(0.3)
     calls: list[int] = []
 
+    def step() -> None:
+        calls.append(1)
+        time.sleep(0.05)
+
     def section(rec: dict) -> None:
         rec["first"] = 1
-        gpu_check.timed_steps(lambda: (calls.append(1), time.sleep(0.05)), 1, 1000, budget, "slow steps")
+        gpu_check.timed_steps(step, 1, 1000, budget, "slow steps")
 
     written: list[dict] = []
     fig = gpu_check.run_sections([("slow", section), ("next", lambda rec: None)], budget,
