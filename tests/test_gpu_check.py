@@ -110,3 +110,28 @@ def test_budget_stops_a_section_from_inside_and_keeps_what_it_measured() -> None
     assert "slow steps" in fig["slow"]["stopped"] and fig["slow"]["first"] == 1 and len(calls) < 20
     assert fig["next"] == {"skipped": "time budget of 0 s spent"} or "seconds" in fig["next"]
     assert len(written) == 2 and written[0]["slow"]["first"] == 1  # the JSON after each section
+
+
+def test_walltime_table_uses_measured_gpu_rates_once_a_gpu_has_run(tmp_path: Path) -> None:
+    """bench/k400_walltime.py: assumed GPU rates until a full (not smoke) gpu_check.json exists; each row's limit."""
+    import k400_walltime as wt
+
+    assumed = {r["scale"]: r for r in wt.rows(26.05, {})}
+    assert {r["GPU source"] for r in assumed.values()} == {"assumed"}
+    assert assumed["8 x H100, 64 cores"]["limit"] == "loader (CPU)"  # 7 workers x 26.05 < 300
+    assert assumed["8 x H100, 112 cores"]["limit"] == "GPU"
+    rec = {"settings": {"smoke": False}, "machine": {"gpu": "NVIDIA H100 80GB HBM3"},
+           "figures": {"pretrain": {"c3d": {"gpu_alone": {"samples_per_s": 250.0}}},
+                       "teacher": {"runs": {"fp16_cl_b64": {"frames_per_s": 800.0},
+                                            "fp32_b64": {"frames_per_s": 90.0}}}}}
+    path = tmp_path / "gpu_check.json"
+    path.write_text(json.dumps(rec))
+    measured = {r["scale"]: r for r in wt.rows(26.05, wt.gpu_rates(path))}
+    row = measured["8 x H100, 64 cores"]
+    assert (row["GPU samples/s"], row["GPU source"], row["limit"]) == (250.0, "measured", "loader (CPU)")
+    big = measured["8 x H100, 112 cores"]
+    assert big["limit"] == "GPU" and big["pretrain h"] == 6.7 and big["teacher cache h"] == 0.08
+    assert big["teacher source"] == "measured"  # the best fp16 run, 800 frames/s
+    assert measured["4 x V100, 40 cores (RSPNet's scale)"]["GPU source"] == "assumed"
+    path.write_text(json.dumps({**rec, "settings": {"smoke": True}}))
+    assert wt.gpu_rates(path) == {}  # a smoke run's CPU rates never stand in for a GPU's
