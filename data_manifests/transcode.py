@@ -46,7 +46,7 @@ from pipeline.core.distributed import DistInfo, job_share
 from pipeline.core.files import atomic_write_text
 from pipeline.core.progress import Progress
 
-log = logging.getLogger("data_manifests")
+log = logging.getLogger(__name__)
 
 # codec name (config transcode.codec) -> (FOURCC, container suffix). mjpeg: every frame a keyframe, read
 # by seeking; mp4v (MPEG-4 part 2, GOP 12): about half the bytes, read forward like any GOP source.
@@ -109,7 +109,7 @@ def _open_writer(tmp: Path, frame: np.ndarray, spec: TranscodeSpec,
                  rate: float) -> tuple[cv2.VideoWriter, tuple[int, int]]:
     """The copy's writer, sized from the first frame (``output_size``: short side, aspect kept)."""
     size = output_size(frame.shape[1], frame.shape[0], spec.short_side)
-    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FORMATS[spec.codec][0]), rate, size)
+    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*FORMATS[spec.codec][0]), rate, size)
     if not writer.isOpened():
         writer.release()
         raise TranscodeError(f"{tmp}: OpenCV/FFmpeg cannot write {spec.codec} to it")

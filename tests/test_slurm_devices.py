@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.core import distributed
-from pipeline.core.distributed import DeviceError, env_local_rank, gpu_index, init_distributed
+from pipeline.core.distributed import env_local_rank, gpu_index, init_distributed
+from pipeline.core.errors import ConfigError
 
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_LOCALID", "SLURM_PROCID", "CUDA_VISIBLE_DEVICES")
 
@@ -66,7 +67,7 @@ def test_each_slurm_binding_gets_its_own_gpu(fake_cluster, binding: str, visible
 
 def test_more_ranks_than_visible_gpus_is_a_clear_error(fake_cluster) -> None:
     fake_cluster(2, {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"})
-    with pytest.raises(DeviceError, match=r"local rank 3 but only 2 GPUs are visible .*--gpus-per-task=1"):
+    with pytest.raises(ConfigError, match=r"local rank 3 but only 2 GPUs are visible .*--gpus-per-task=1"):
         init_distributed("auto")
 
 
@@ -74,7 +75,7 @@ def test_cpu_only_and_bad_local_id(fake_cluster) -> None:
     fake_cluster(0, {"SLURM_LOCALID": "1"})
     assert init_distributed("auto").device == "cpu"
     fake_cluster(0, {"SLURM_LOCALID": "one"})
-    with pytest.raises(DeviceError, match="SLURM_LOCALID='one' is not a whole number"):
+    with pytest.raises(ConfigError, match="SLURM_LOCALID='one' is not a whole number"):
         env_local_rank()
     assert gpu_index(5, 1) == 0 and gpu_index(2, 4) == 2 and gpu_index(3, 0) == 3
 
