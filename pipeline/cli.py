@@ -469,7 +469,8 @@ def linear_probe(ctx: click.Context, dataset: str | None, split: int | None, dev
 
 @main.command(context_settings=CONTEXT)
 @click.option("--layout", type=click.Choice(["student", "rspnet", "torchvision", "torchvision-r3d_18", "mmaction2"]),
-              default="student", help="Whose checkpoint layout to write (README: what loads where).")
+              default="student", help="Whose checkpoint layout to write (README: what loads where); one the model "
+                                      "cannot load into is refused with the reason and the layouts that fit.")
 @click.option("--branch", type=click.Choice(["both", "human", "contrastive"]), default=None,
               help="both: the [z_h || z_c] encoder (student layout); human / contrastive: f_l + that branch.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,

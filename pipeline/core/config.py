@@ -377,6 +377,36 @@ class RunConfig:
 
     stages: list[str] = _list(["synthetic", "manifest", "transcode", "teacher-cache", "pretrain", "finetune",
                                "evaluate"])  # transcode: only when [transcode] enabled
+    # "official": the official code's numerics and inputs (OFFICIAL_NUMERICS); "fast": the configured ones
+    fidelity: str = _exec("fast", choices=("fast", "official"))
+
+
+# run.fidelity = "official": what SCHP's and RSPNet's own code compute with (docs/fidelity.md). The teacher
+# in float32 (SCHP's tools never use half precision; fp16/bf16 move its softmax by ~5e-3 / ~3e-2), the
+# student trained and tested in float32 (RSPNet's scripts have no autocast), the student reading copies
+# 256 pixels high as RSPNet's transcode script writes them, and RSPNet's finetuning protocol.
+OFFICIAL_NUMERICS: dict[tuple[str, str], Any] = {
+    ("teacher", "amp"): "off", ("pretrain", "amp"): "off", ("finetune", "amp"): "off",
+    ("transcode", "short_side"): 256, ("finetune", "protocol"): "paper",
+}
+
+
+def apply_fidelity(raw: dict[str, Any], where: str, explicit: set[tuple[str, ...]]) -> list[str]:
+    """Put :data:`OFFICIAL_NUMERICS` into ``raw`` when ``run.fidelity = "official"`` (over the config file's
+    values); a ``--set`` (``explicit``) of one of those keys to another value is an error: the switch promises
+    the official numerics, so it never half-applies. Returns what it changed, for the config's sources."""
+    if raw.get("run", {}).get("fidelity", "fast") != "official":
+        return []
+    changed = []
+    for (section, key), value in OFFICIAL_NUMERICS.items():
+        table = raw.setdefault(section, {})
+        if (section, key) in explicit and table[key] not in (value, "auto"):
+            raise ConfigError(f"{where}: run.fidelity = 'official' needs {section}.{key} = {value!r} "
+                              f"(the official code's), but --set gives {table[key]!r}; drop one of the two")
+        if table.get(key) != value:
+            changed.append(f"run.fidelity=official: {section}.{key}={value!r}")
+        table[key] = value
+    return changed
 
 
 @dataclass
@@ -586,6 +616,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raw = _read_toml(Path(path))
         sources = [str(path)]
         where = f"config file {path}"
+    explicit: set[tuple[str, ...]] = set()
     for item in overrides:
         keypath, value = parse_override(item)
         node = raw
@@ -595,8 +626,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 raise ConfigError(f"--set {item!r}: {'.'.join(keypath[:-1])} is not a section")
         node[keypath[-1]] = value
         sources.append(f"--set {item}")
+        explicit.add(tuple(keypath))
     if overrides:
         where = f"{where} with --set overrides"
+    sources += apply_fidelity(raw, where, explicit)
     cfg = from_dict(raw, where)
     cfg.sources = sources
     return cfg
