@@ -373,6 +373,9 @@ class RunConfig:
 
     Keys:
         stages: stage kinds ``pipeline run`` builds, in order (transcode only when [transcode] enabled).
+        fidelity: "fast" runs the configured numerics; "official" puts the official code's numerics and inputs
+            over them (fp32 teacher and student, 256-pixel copies, the paper's finetuning protocol;
+            docs/fidelity.md), and refuses a --set that contradicts them.
     """
 
     stages: list[str] = _list(["synthetic", "manifest", "transcode", "teacher-cache", "pretrain", "finetune",
