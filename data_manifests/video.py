@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,6 +98,9 @@ def open_video(path: str | Path, *, threads: int | None = None) -> Iterator[cv2.
     cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG, params)
     try:
         if not cap.isOpened():
+            if not os.access(p, os.R_OK):  # FFmpeg says the same for both: tell the user which
+                raise VideoDecodeError(p, "permission denied: this user cannot read the file (fix its "
+                                          "permissions)")
             raise VideoDecodeError(p, "OpenCV/FFmpeg cannot open it as a video (corrupt, truncated, "
                                       "not a video or no video stream)")
         yield cap

@@ -104,6 +104,9 @@ class StageGraph:
             manifest.dataset = name
             if ctx.dist.is_main:
                 write_manifest(ctx.out_dir, manifest, rejected, relative_to=ctx.work_dir)  # movable work dir
+                from pipeline.completeness import write_sources  # content hashes, checked by --verify
+
+                write_sources(ctx.out_dir, manifest.root, [e.path for e in manifest.entries], workers=ds.workers)
             return manifest_summary(manifest, rejected)
 
         return self._memo(f"manifest:{name}", lambda: Stage(

@@ -58,6 +58,10 @@ def atomic_path(path: Path | str, *, keep_suffix: bool = False) -> Iterator[Path
     try:
         yield tmp
         replace_durably(tmp, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a failed write(2) names no file: name it
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
