@@ -92,6 +92,8 @@ def open_video(path: str | Path, *, threads: int | None = None) -> Iterator[cv2.
     """An opened FFmpeg capture of ``path``, always released; VideoDecodeError if it will not open."""
     p = Path(path)
     if not p.is_file():
+        if p.is_symlink() and not p.exists():
+            raise VideoDecodeError(p, "a broken symbolic link (its target is missing, or the links loop)")
         raise VideoDecodeError(p, "file does not exist" if not p.exists() else "not a regular file")
     n = _decoder_threads(threads)
     params = [] if n is None else [cv2.CAP_PROP_N_THREADS, n]
