@@ -113,6 +113,16 @@ def verify_video(path: Path, entry: dict[str, Any]) -> str | None:
     return None
 
 
+def verify_videos(folder: Path, entries: dict[str, dict[str, Any]],
+                  workers: int | None = None) -> list[tuple[str, str]]:
+    """:func:`verify_video` over ``{relpath: outputs entry}``, in threads (OpenCV decodes without the GIL)."""
+    def one(rel: str) -> tuple[str, str | None]:
+        return rel, verify_video(folder / rel, entries[rel])
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        return [(rel, why) for rel, why in pool.map(one, sorted(entries)) if why]
+
+
 class IncompleteOutputError(UserError, RuntimeError):
     """A build returned, but its output folder is not complete: the stage is not marked done."""
 

@@ -196,6 +196,7 @@ def verify_outputs(folder: Path, record: dict[str, Any]) -> list[tuple[str, str]
     """Full check: sizes, then every byte (sha256, or every HDF5 chunk's fletcher32)."""
     problems = check_outputs(folder, record)
     bad = {rel for rel, _ in problems}
+    videos: dict[str, dict[str, Any]] = {}
     for rel, entry in sorted((record.get(OUTPUTS_KEY) or {}).items()):
         if rel in bad:
             continue
@@ -206,9 +207,9 @@ def verify_outputs(folder: Path, record: dict[str, Any]) -> list[tuple[str, str]
                 problems.append((rel, why))
         elif "sha256" in entry and sha256_file(path) != entry["sha256"]:
             problems.append((rel, "checksum mismatch (sha256 differs from the one recorded at build time)"))
-        elif completeness.is_video(path) and (why := completeness.verify_video(path, entry)):
-            problems.append((rel, why))
-    return problems
+        elif completeness.is_video(path):
+            videos[rel] = entry
+    return problems + completeness.verify_videos(folder, videos)
 
 
 def _remove_damaged(out: Path, partial: Path, damaged: list[str]) -> None:
