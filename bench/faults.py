@@ -577,6 +577,7 @@ def main() -> None:
     bench = common.Bench("faults", "kill/resume scenarios: rerun after a kill vs. an uninterrupted run",
                          settings={"tiny": TINY, "slow_s": args.slow, "seed": args.seed})
     scratch = args.work or common.work_dir("faults")
+    scratch.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     if not args.no_scenarios:
         base = scratch / "reference"
