@@ -535,9 +535,15 @@ def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None
             log.info("%s: part of the work is done (%s); the stage is finished by a run over all shards",
                      stage.key, summary.get("message", ""))
             return None
+        refused = None
         if dist.is_main:
-            _finish(stage, work, partial, summary, elapsed, dist)
-        distributed.barrier()
+            try:
+                _finish(stage, work, partial, summary, elapsed, dist)
+            except completeness.IncompleteOutputError as exc:
+                refused = str(exc)
+        refused = distributed.broadcast_object(refused)  # every rank fails alike, none waits at a barrier
+        if refused is not None:
+            raise completeness.IncompleteOutputError(refused)
     return out
 
 
