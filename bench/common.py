@@ -387,3 +387,54 @@ def random_schp_checkpoint(path: Path, num_classes: int = 20, seed: int = 0) -> 
     torch.save({"state_dict": state}, tmp)
     os.replace(tmp, path)
     return path
+
+
+def write_merged(out: Path, key: str, section: dict[str, Any], benchmark: str) -> None:
+    """Put ``section`` under ``key`` of the results file ``out``, keeping the figures already there
+    (bench/loader.py's synthetic run and its ``--real`` run share loader.json)."""
+    record: dict[str, Any] = {}
+    if out.is_file():
+        try:
+            record = json.loads(out.read_text())
+        except json.JSONDecodeError:
+            record = {}
+    record.setdefault("benchmark", benchmark)
+    record[key] = section
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
+    os.replace(tmp, out)
+    print(f"[{benchmark}] wrote {out} (key {key})", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Decode-only items (bench/loader.py and bench/loader_real.py: the decoding share of an item)
+# ------------------------------------------------------------------------------------------------
+
+from student.pretrain_data import PretrainClipDataset  # noqa: E402 - after the sys.path set-up above
+
+
+class _Decoded(Exception):
+    """Raised by DecodeOnlyDataset's reader right after decoding: the rest of the item is skipped."""
+
+
+class DecodeOnlyDataset(PretrainClipDataset):
+    """The real item's frames (chosen by the real item's own sampling code, so the two can never
+    drift apart), decoded with the same one reader call, and nothing else."""
+
+    def __getitem__(self, item):  # type: ignore[override]
+        import torch
+
+        reader, got = self.reader, []
+
+        def decode_and_stop(path, indices):
+            got.append(len(reader(path, indices)))
+            raise _Decoded
+
+        self.reader = decode_and_stop
+        try:
+            super().__getitem__(item)
+        except _Decoded:
+            pass
+        finally:
+            self.reader = reader
+        return {"frames": torch.tensor(got[0])}

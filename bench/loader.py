@@ -47,31 +47,6 @@ from teacher.cache_stage import build_teacher_cache  # noqa: E402
 GOAL = 0.7
 
 
-class _Decoded(Exception):
-    """Raised by DecodeOnlyDataset's reader right after decoding: the rest of the item is skipped."""
-
-
-class DecodeOnlyDataset(PretrainClipDataset):
-    """The real item's frames (chosen by the real item's own sampling code, so the two can never
-    drift apart), decoded with the same one reader call, and nothing else."""
-
-    def __getitem__(self, item):  # type: ignore[override]
-        reader, got = self.reader, []
-
-        def decode_and_stop(path, indices):
-            got.append(len(reader(path, indices)))
-            raise _Decoded
-
-        self.reader = decode_and_stop
-        try:
-            super().__getitem__(item)
-        except _Decoded:
-            pass
-        finally:
-            self.reader = reader
-        return {"frames": torch.tensor(got[0])}
-
-
 def epoch_time(loader, sampler, epoch: int) -> tuple[float, int]:
     """Seconds to draw every batch of one epoch (persistent workers), and the samples drawn."""
     sampler.set_epoch(epoch)
@@ -248,7 +223,7 @@ def main() -> None:
     cache = TeacherCache(cache_dir)
 
     real_ds = PretrainClipDataset(manifest, plan, cache, model_cfg, clips, seed=0)
-    limit_ds = DecodeOnlyDataset(manifest, plan, cache, model_cfg, clips, seed=0)
+    limit_ds = common.DecodeOnlyDataset(manifest, plan, cache, model_cfg, clips, seed=0)
     loaders = {"real": build_pretrain_loader(real_ds, args.batch, args.workers, seed=0),
                "decode_only": build_pretrain_loader(limit_ds, args.batch, args.workers, seed=0)}
     times, samples = time_loaders(loaders, args.epochs)
@@ -264,7 +239,7 @@ def main() -> None:
         + 7 * model_cfg.parse_size ** 2 * 4,
     }
     figures["profile_in_process"] = profile_items(real_ds, args.profile_items)
-    lim = DecodeOnlyDataset(manifest, plan, cache, model_cfg, clips, seed=0,
+    lim = common.DecodeOnlyDataset(manifest, plan, cache, model_cfg, clips, seed=0,
                             reader=functools.partial(read_frames, threads=1))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -285,9 +260,7 @@ def main() -> None:
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     bench.write(figures, args.out, notes)
     if "real_clips" in previous:  # keep the real-clip mode's figures (bench/loader.py --real)
-        from loader_real import write_merged
-
-        write_merged(args.out, previous["real_clips"])
+        common.write_merged(args.out, "real_clips", previous["real_clips"], "loader")
 
 
 def _print_report(figures: dict, samples: dict, times: dict, rate: dict, args: argparse.Namespace) -> None:

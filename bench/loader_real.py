@@ -135,18 +135,16 @@ def contenders(manifests: dict[str, Manifest], plan_of: Callable[[Manifest], lis
                model: ModelConfig, clips: ClipsConfig, full: bool) -> dict[str, tuple[PretrainClipDataset, dict]]:
     """name -> (dataset, timing dict). ``full`` (Kinetics) adds the forward-decoded copies and the
     worker's share of ``augment_device = "gpu"``."""
-    from loader import DecodeOnlyDataset
-
     out = {}
     for src, m in manifests.items():
         plan = plan_of(m)
         out[f"{src}: loader"] = timed_dataset(PretrainClipDataset, m, plan, cache, model, clips, "cpu", None)
-        out[f"{src}: decode only"] = timed_dataset(DecodeOnlyDataset, m, plan, cache, model, clips, "cpu", None)
+        out[f"{src}: decode only"] = timed_dataset(common.DecodeOnlyDataset, m, plan, cache, model, clips, "cpu", None)
         if full:
             out[f"{src}: loader, gpu augment"] = timed_dataset(PretrainClipDataset, m, plan, cache, model, clips,
                                                                "gpu", None)
     if full:
-        out["copies: decode only, forward"] = timed_dataset(DecodeOnlyDataset, manifests["copies"],
+        out["copies: decode only, forward"] = timed_dataset(common.DecodeOnlyDataset, manifests["copies"],
                                                             plan_of(manifests["copies"]), cache, model, clips,
                                                             "cpu", False)
     return out
@@ -311,8 +309,6 @@ def _items(n_videos: int, n: int) -> list[tuple[int, int]]:
 def _wanted_lists(manifest: Manifest, plan: list, cache: TeacherCache, model: ModelConfig, clips: ClipsConfig,
                   items: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
     """(manifest index, frames read) of each item, from the real item's own sampling code."""
-    from loader import DecodeOnlyDataset
-
     index = {str(manifest.abspath(e)): k for k, e in enumerate(manifest.entries)}
     seen: list[tuple[int, list[int]]] = []
 
@@ -320,7 +316,7 @@ def _wanted_lists(manifest: Manifest, plan: list, cache: TeacherCache, model: Mo
         seen.append((index[str(path)], list(wanted)))
         return np.empty((len(wanted), 1, 1, 3), np.uint8)
 
-    ds = DecodeOnlyDataset(manifest, plan, cache, model, clips, seed=0, reader=record)
+    ds = common.DecodeOnlyDataset(manifest, plan, cache, model, clips, seed=0, reader=record)
     for it in items:
         ds[it]
     return seen
@@ -349,22 +345,6 @@ def goals(figures: dict[str, Any]) -> dict[str, Any]:
             "copies_gpu_augment": r.get("fraction_of_decode_limit_copies_gpu_augment")},
         "issue14_samples_per_s_per_core_>=10": {n: rate[n] for n in rate if "decode only" not in n},
     }
-
-
-def write_merged(out: Path, section: dict[str, Any]) -> None:
-    """Put the real-clip record under ``real_clips`` of loader.json, keeping the synthetic run's figures."""
-    record: dict[str, Any] = {}
-    if out.is_file():
-        try:
-            record = json.loads(out.read_text())
-        except json.JSONDecodeError:
-            record = {}
-    record.setdefault("benchmark", "loader")
-    record["real_clips"] = section
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1, default=common._json_default) + "\n")
-    os.replace(tmp, out)
-    print(f"[loader --real] wrote {out} (key real_clips)", flush=True)
 
 
 def main_real(args: Any) -> None:
@@ -403,7 +383,7 @@ def main_real(args: Any) -> None:
                 "short_side": args.short_side, "codec": spec.codec, "items_kinetics": args.items_kinetics,
                 "items_other": args.items_other, "block": args.block, "threads": 1,
                 "teacher_cache": "smooth random maps, 20 classes, 64x64, float16 + lzf"}
-    write_merged(args.out, {"description": __doc__.splitlines()[0], "machine": common.machine(load_start),
-                            "versions": common.versions(), "settings": settings, "figures": figures,
-                            "seconds_total": round(time.perf_counter() - t0, 2),
-                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    section = {"description": __doc__.splitlines()[0], "machine": common.machine(load_start),
+               "versions": common.versions(), "settings": settings, "figures": figures,
+               "seconds_total": round(time.perf_counter() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    common.write_merged(args.out, "real_clips", section, "loader --real")

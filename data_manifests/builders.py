@@ -19,25 +19,13 @@ from data_manifests.formats import folder, hmdb51, kinetics, ucf101
 from data_manifests.formats.common import FileIndex, Listing
 from data_manifests.manifest import REJECT_REASONS, SPLITS, Manifest, VideoEntry
 from data_manifests.probe import ProbeResult, probe_videos
-from pipeline.core.errors import UserError
+from pipeline.core.errors import DataError
 
-log = logging.getLogger("data_manifests")
+log = logging.getLogger(__name__)
 
 FORMATS: dict[str, ModuleType] = {"ucf101": ucf101, "hmdb51": hmdb51, "kinetics400": kinetics, "folder": folder}
 ALIASES = {"kinetics": "kinetics400", "k400": "kinetics400", "ucf": "ucf101", "hmdb": "hmdb51"}
 Annotations = str | os.PathLike | Sequence[str | os.PathLike] | None
-
-
-class MissingVideosError(UserError, RuntimeError):
-    """Too many listed videos are not under the root: usually the wrong root folder."""
-
-
-class AnnotationError(UserError, ValueError):
-    """The official annotation files cannot be used as given; the message names the file (and line)."""
-
-
-class DatasetError(UserError, FileNotFoundError):
-    """The dataset root is not there, or nothing under it is usable."""
 
 
 _ALWAYS_SHOWN = ("missing", "undecodable", "zero_frames", "too_short")
@@ -45,15 +33,15 @@ _PARSE_ERRORS = (ValueError, KeyError, OSError, UnicodeDecodeError)
 _HMDB51_SPLIT_FILE = re.compile(r"^(.+)_test_split[123]\.txt$")
 
 
-def _annotation_error(kind: str, exc: BaseException) -> AnnotationError:
+def _annotation_error(kind: str, exc: BaseException) -> DataError:
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return AnnotationError(text if text.startswith(kind) or "/" in text.split(":")[0] else f"{kind}: {text}")
+    return DataError(text if text.startswith(kind) or "/" in text.split(":")[0] else f"{kind}: {text}")
 
 
 def _kind(kind: str) -> str:
     k = ALIASES.get(kind.lower(), kind.lower())
     if k not in FORMATS:
-        raise AnnotationError(f"unknown dataset kind {kind!r}; choose one of {', '.join(FORMATS)}")
+        raise DataError(f"unknown dataset kind {kind!r}; choose one of {', '.join(FORMATS)}")
     return k
 
 
@@ -88,7 +76,7 @@ def _check_missing(kind: str, root: Path, listing: Listing, allow_missing: bool,
     if not missing or allow_missing or len(missing) <= max_missing_fraction * n:
         return
     example = missing[0]
-    raise MissingVideosError(
+    raise DataError(
         f"{kind}: {len(missing)} of {n} videos listed by the annotations ({100 * len(missing) / n:.1f}%, "
         f"more than {100 * max_missing_fraction:g}%) are not under the dataset root {root}; "
         f"e.g. {example.expected} (listed at {example.source}). Is --root right? It must be the folder "
@@ -105,7 +93,7 @@ def _check_hmdb51_classes(annotations: list[Path], split: int, listing: Listing)
     others = {m.group(1) for p in folder.iterdir() if (m := _HMDB51_SPLIT_FILE.match(p.name)) and p.is_file()}
     lost = sorted(others - set(listing.classes))
     if lost:
-        raise AnnotationError(
+        raise DataError(
             f"hmdb51: {folder / (lost[0] + f'_test_split{split}.txt')} is missing ({len(lost)} class(es), e.g. "
             f"{lost[0]!r}, have files for other splits but not split {split}); without it the class is dropped "
             f"and every later label shifts. Restore the official split files")
@@ -141,13 +129,13 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
     CSVs (or a folder of them, optionally with a .txt class list); folder: none. ``split`` picks
     the official split (1-3) for ucf101/hmdb51. Rejected records are
     ``{"id", "path", "reason", "detail"}`` with reason in missing|undecodable|zero_frames|too_short.
-    Raises MissingVideosError when more than ``max_missing_fraction`` of the listed videos are not
+    Raises DataError when more than ``max_missing_fraction`` of the listed videos are not
     found, unless ``allow_missing``.
     """
     k = _kind(kind)
     root_path = Path(root).expanduser().absolute()
     if not root_path.is_dir():
-        raise DatasetError(f"{k}: dataset root {root_path} is not a folder")
+        raise DataError(f"{k}: dataset root {root_path} is not a folder")
     if min_frames < 0:
         raise ValueError(f"min_frames must be >= 0, got {min_frames}")
     index = FileIndex(root_path)
@@ -160,8 +148,8 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
         raise _annotation_error(k, exc) from exc
     if not listing.items:
         named = ", ".join(str(f) for f in getattr(listing, "sources", [])) or "the annotations"
-        raise AnnotationError(f"{k}: {named} list(s) no videos (empty, or a header only); "
-                              f"name the official annotation files")
+        raise DataError(f"{k}: {named} list(s) no videos (empty, or a header only); "
+                        f"name the official annotation files")
     if k == "hmdb51":
         _check_hmdb51_classes(_paths(annotations), split, listing)
     _check_missing(k, root_path, listing, allow_missing, max_missing_fraction)
@@ -187,7 +175,7 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
                                   frames=info.frames, fps=info.fps, width=info.width, height=info.height))
     if not entries:
         reasons = Counter(r["reason"] for r in rejected)
-        raise DatasetError(f"{k}: no usable video under {root_path} ({len(listing.items)} listed; rejected: "
+        raise DataError(f"{k}: no usable video under {root_path} ({len(listing.items)} listed; rejected: "
                          f"{dict(reasons) or 'none'})")
     return Manifest(dataset=k, root=root_path, classes=list(listing.classes), entries=entries), rejected
 

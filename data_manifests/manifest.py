@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import DataError
 from pipeline.core.files import atomic_write_text
 
 SPLITS = ("train", "val", "test", "unused")
@@ -23,14 +23,6 @@ MANIFEST_FILE = "manifest.jsonl"
 META_FILE = "meta.json"
 REJECTED_FILE = "rejected.jsonl"
 FORMAT_VERSION = 1
-
-
-class ManifestError(UserError, ValueError):
-    """A manifest folder that cannot be read as one (damaged or hand-edited); names the file."""
-
-
-class ManifestMissingError(UserError, FileNotFoundError):
-    """No manifest where one was expected (meta.json missing)."""
 
 
 @dataclass(frozen=True)
@@ -155,9 +147,9 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}:{n}: not valid JSON ({exc})") from None
+                raise DataError(f"{path}:{n}: not valid JSON ({exc})") from None
             if not isinstance(rec, dict):
-                raise ManifestError(f"{path}:{n}: expected a JSON object")
+                raise DataError(f"{path}:{n}: expected a JSON object")
             records.append(rec)
     return records
 
@@ -167,31 +159,31 @@ def load_manifest(directory: str | Path, *, root: str | Path | None = None) -> M
     d = Path(directory)
     meta_path = d / META_FILE
     if not meta_path.is_file():
-        raise ManifestMissingError(f"{meta_path}: no manifest here (meta.json missing)")
+        raise DataError(f"{meta_path}: no manifest here (meta.json missing)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     for key in ("dataset", "root", "classes"):
         if key not in meta:
-            raise ManifestError(f"{meta_path}: key {key!r} missing")
+            raise DataError(f"{meta_path}: key {key!r} missing")
     path = d / MANIFEST_FILE
     entries = []
     for n, rec in enumerate(_read_jsonl(path), 1):
         missing = [k for k in _ENTRY_KEYS if k not in rec]
         if missing:
-            raise ManifestError(f"{path}: record {n} lacks {missing}")
+            raise DataError(f"{path}: record {n} lacks {missing}")
         try:
             entries.append(VideoEntry(id=str(rec["id"]), path=str(rec["path"]), label=int(rec["label"]),
                                       split=str(rec["split"]), frames=int(rec["frames"]),
                                       fps=float(rec["fps"]), width=int(rec["width"]),
                                       height=int(rec["height"])))
         except (TypeError, ValueError) as exc:
-            raise ManifestError(f"{path}: record {n} has a bad value ({exc})") from None
+            raise DataError(f"{path}: record {n} has a bad value ({exc})") from None
     try:
         recorded = Path(str(meta["root"]))
         recorded = recorded if recorded.is_absolute() else d / recorded  # relative: to this folder
         return Manifest(dataset=str(meta["dataset"]), root=Path(root) if root is not None else recorded,
                         classes=[str(c) for c in meta["classes"]], entries=entries)
     except ValueError as exc:
-        raise ManifestError(f"{d}: {exc}") from None
+        raise DataError(f"{d}: {exc}") from None
 
 
 def load_rejected(directory: str | Path) -> list[dict]:

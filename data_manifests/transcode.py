@@ -46,11 +46,11 @@ import numpy as np
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_rejected, write_manifest
 from data_manifests.video import VideoDecodeError, open_video
 from pipeline.core.distributed import DistInfo, job_share
-from pipeline.core.errors import DiskFullError, UserError, disk_full_error, is_disk_full
+from pipeline.core.errors import DiskFullError, StageError, disk_full_error, is_disk_full
 from pipeline.core.files import atomic_write_text
 from pipeline.core.progress import Progress
 
-log = logging.getLogger("data_manifests")
+log = logging.getLogger(__name__)
 
 # codec name (config transcode.codec) -> (FOURCC, container suffix). mjpeg: every frame a keyframe, read
 # by seeking; mp4v (MPEG-4 part 2, GOP 12): about half the bytes, read forward like any GOP source.
@@ -64,10 +64,6 @@ PARTIAL_MARK = ".partial"
 
 class TranscodeError(RuntimeError):
     """One video could not be copied frame-exactly; names the file and what went wrong."""
-
-
-class TranscodeIncomplete(UserError, RuntimeError):
-    """Some videos could not be copied: the stage is not done; names the first and the failure list."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +128,7 @@ def _open_writer(tmp: Path, frame: np.ndarray, spec: TranscodeSpec,
                  rate: float) -> tuple[cv2.VideoWriter, tuple[int, int]]:
     """The copy's writer, sized from the first frame (``output_size``: short side, aspect kept)."""
     size = output_size(frame.shape[1], frame.shape[0], spec.short_side)
-    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FORMATS[spec.codec][0]), rate, size)
+    writer = cv2.VideoWriter(str(tmp), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*FORMATS[spec.codec][0]), rate, size)
     if not writer.isOpened():
         writer.release()
         raise TranscodeError(f"{tmp}: OpenCV/FFmpeg cannot write {spec.codec} to it")
@@ -288,7 +284,7 @@ def _fail_incomplete(out_dir: Path, failures: list[dict], total: int, is_main: b
     if is_main:
         atomic_write_text(listing, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
     first = failures[0]
-    raise TranscodeIncomplete(
+    raise StageError(
         f"transcode: {len(failures)} of {total} videos could not be copied, so the stage is not done "
         f"(first: {first['path']}: {first['error']}; all in {listing}). Fix the cause and rerun the same "
         f"command: it retries only those; a source that stays unreadable must leave the manifest "
@@ -324,7 +320,7 @@ def build_transcode(manifest_dir: Path, out_dir: Path, spec: TranscodeSpec, *, d
     ``final_dir`` (where ``out_dir`` will be renamed to) is accepted for compatibility; the copies'
     root is recorded relative to the stage folder. ``complete`` is False while other jobs' videos
     are missing; the call that finds every video copied (on rank 0; the caller synchronises ranks)
-    writes the manifest. Raises :class:`TranscodeIncomplete` (every rank) when some videos failed.
+    writes the manifest. Raises a StageError (every rank) when some videos failed.
     """
     from pipeline.core import distributed
 

@@ -28,15 +28,16 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import DataError
 
 # Extensions indexed as videos when scanning dataset folders (compared lower-case).
 VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg",
                               ".flv", ".wmv", ".3gp", ".ogv", ".ts"})
 
 
-class VideoDecodeError(UserError, RuntimeError):
-    """A video cannot be opened or a requested frame does not decode; names the file (and index)."""
+class VideoDecodeError(DataError):
+    """A video cannot be opened or a requested frame does not decode; names the file and the frame index
+    (a DataError that keeps them as attributes: the teacher cache records the failed frame)."""
 
     def __init__(self, path: str | Path, what: str | None = None, index: int | None = None) -> None:
         # One-argument form: a DataLoader re-raises a worker's exception as ``type(message)``.

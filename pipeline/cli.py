@@ -10,7 +10,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple, NoReturn
 
 import click
 
@@ -18,10 +18,10 @@ from pipeline.core import distributed
 from pipeline.core.config import Config, default_toml_text, dump_toml, load_config, toml_value
 from pipeline.core.errors import user_message
 from pipeline.core.files import usable_folder
-from pipeline.stage import Stage, run_stage, stage_status, verify_stage
+from pipeline.stage import BuildOptions, Stage, run_stage, stage_status, verify_stage
 from pipeline.stages import StageGraph
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
@@ -58,19 +58,20 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
 def build(session: Session, cfg: Config, stage: Stage, *, force: bool = False, build_upstream: bool = False,
-          dry_run: bool = False, device: str = "auto", **options: Any) -> Path | None:
+          dry_run: bool = False, device: str = "auto", shard_index: int | None = None,
+          num_shards: int | None = None) -> Path | None:
     """Run one stage (and, if asked, its upstream) with errors turned into clean CLI messages."""
     from student.checkpointing import TrainingInterrupted
 
     dist = distributed.init_distributed(device)
     try:
         return run_stage(stage, session.work_dir, cfg, dist=dist, force=force, build_upstream=build_upstream,
-                         dry_run=dry_run, options=options)
+                         dry_run=dry_run, options=BuildOptions(shard_index=shard_index, num_shards=num_shards))
     except TrainingInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)
@@ -145,11 +146,41 @@ def _session(ctx: click.Context) -> Session:
     return ctx.obj
 
 
-def stage_device(cfg: Config, stage: Stage) -> str:
+def device_setting(cfg: Config, stage: Stage) -> str:
     """The device setting of a stage's own config section (``run`` builds stages that run on different devices)."""
-    section = {"teacher-cache": cfg.teacher, "pretrain": cfg.pretrain, "finetune": cfg.finetune,
+    section: Any = {"teacher-cache": cfg.teacher, "pretrain": cfg.pretrain, "finetune": cfg.finetune,
                "evaluate": cfg.evaluate, "retrieval": cfg.retrieval, "linear-probe": cfg.linear_probe}.get(stage.kind)
     return section.device if section is not None else "cpu"
+
+
+class Built(NamedTuple):
+    """What a stage command built: the config it resolved, its graph, and the stage's folder (None: not built)."""
+
+    cfg: Config
+    graph: StageGraph
+    out: Path | None
+
+
+def stage_command(session: Session, extra: dict[str, Any], make_stage: Callable[[StageGraph], Stage], *,
+                  force: bool, dry_run: bool, build_upstream: bool = False, device: str | None = None,
+                  split: int | None = None, dataset: str | None = None, section: str = "",
+                  check: Callable[[Config], None] | None = None, shard_index: int | None = None,
+                  num_shards: int | None = None) -> Built:
+    """What every stage command does: its options as config overrides (``split`` sets
+    ``datasets.<dataset or <section>.dataset>.split``), ``check`` on the config, build the stage
+    (on ``device``, by default the stage's own device setting), print its summary."""
+    if split is not None:
+        extra[f"datasets.{dataset or getattr(_config_or_fail(session), section).dataset}.split"] = split
+    cfg = _config_or_fail(session, **extra)
+    if check is not None:
+        check(cfg)
+    graph = session.graph(cfg)
+    stage = make_stage(graph)
+    out = build(session, cfg, stage, force=force, build_upstream=build_upstream, dry_run=dry_run,
+                device=device or device_setting(cfg, stage), shard_index=shard_index, num_shards=num_shards)
+    if out:
+        _print_summary(out)
+    return Built(cfg, graph, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +236,7 @@ def run(ctx: click.Context, force: bool, dry_run: bool) -> None:
     if not todo:
         click.echo(f"Nothing to do: all {len(stages)} stages are up to date in {session.work_dir}.")
     for st in todo:
-        build(session, cfg, st, force=force, build_upstream=True, dry_run=dry_run, device=stage_device(cfg, st))
+        build(session, cfg, st, force=force, build_upstream=True, dry_run=dry_run, device=device_setting(cfg, st))
     if not dry_run:
         print_results(session.work_dir, cfg, stages)
         from pipeline.report import report_for_run
@@ -234,11 +265,7 @@ def show_config(ctx: click.Context, show_default_file: bool) -> None:
 @click.pass_context
 def synthetic(ctx: click.Context, force: bool, build_upstream: bool, dry_run: bool) -> None:
     """Generate the synthetic human-action dataset (Kinetics/UCF101/HMDB51 layouts + part masks)."""
-    session = _session(ctx)
-    cfg = _config_or_fail(session)
-    out = build(session, cfg, session.graph(cfg).synthetic(), force=force, dry_run=dry_run)
-    if out:
-        _print_summary(out)
+    stage_command(_session(ctx), {}, StageGraph.synthetic, force=force, dry_run=dry_run, device="auto")
 
 
 @main.command(context_settings=CONTEXT)
@@ -271,13 +298,13 @@ def manifest(ctx: click.Context, kind: str, root: Path | None, annotations: tupl
                        ("workers", workers)):
         if value is not None:
             extra[f"datasets.{name}.{key}"] = value
-    cfg = _config_or_fail(session, **extra)
-    if not cfg.dataset(name).root:
-        fail(f"no video folder for dataset {name!r}: pass --root VIDEO_DIR")
-    out = build(session, cfg, session.graph(cfg).manifest(name), force=force, build_upstream=build_upstream,
-                dry_run=dry_run)
-    if out:
-        _print_summary(out)
+
+    def has_root(cfg: Config) -> None:
+        if not cfg.dataset(name).root:
+            fail(f"no video folder for dataset {name!r}: pass --root VIDEO_DIR")
+
+    stage_command(session, extra, lambda g: g.manifest(name), force=force, build_upstream=build_upstream,
+                  dry_run=dry_run, device="auto", check=has_root)
 
 
 @main.command("teacher-cache", context_settings=CONTEXT)
@@ -301,17 +328,13 @@ def teacher_cache(ctx: click.Context, checkpoint: Path | None, backend: str | No
     """Run the teacher on every clip's anchor frame and write softmax maps to sharded HDF5."""
     if (shard_index is None) != (num_shards is None):
         fail("--shard-index and --num-shards go together")
-    if num_shards is not None and not 0 <= shard_index < num_shards:
+    if num_shards is not None and shard_index is not None and not 0 <= shard_index < num_shards:
         fail(f"--shard-index must be in [0, {num_shards})")
-    session = _session(ctx)
-    cfg = _config_or_fail(session, **{
-        "teacher.checkpoint": str(checkpoint.resolve()) if checkpoint else None, "teacher.backend": backend,
-        "teacher.labels": labels, "teacher.batch_size": batch_size, "teacher.workers": workers,
-        "teacher.device": device})
-    out = build(session, cfg, session.graph(cfg).teacher_cache(), force=force, build_upstream=build_upstream,
-                dry_run=dry_run, device=cfg.teacher.device, shard_index=shard_index, num_shards=num_shards)
-    if out:
-        _print_summary(out)
+    extra = {"teacher.checkpoint": str(checkpoint.resolve()) if checkpoint else None, "teacher.backend": backend,
+             "teacher.labels": labels, "teacher.batch_size": batch_size, "teacher.workers": workers,
+             "teacher.device": device}
+    stage_command(_session(ctx), extra, StageGraph.teacher_cache, force=force, build_upstream=build_upstream,
+                  dry_run=dry_run, shard_index=shard_index, num_shards=num_shards)
 
 
 @main.command(context_settings=CONTEXT)
@@ -324,18 +347,19 @@ def teacher_cache(ctx: click.Context, checkpoint: Path | None, backend: str | No
 def transcode(ctx: click.Context, dataset: str | None, shard_index: int | None, num_shards: int | None,
               workers: int | None, force: bool, build_upstream: bool, dry_run: bool) -> None:
     """Copy a dataset's videos at short side transcode.short_side, every frame index kept, for the student."""
-    if (shard_index is None) != (num_shards is None) or (num_shards is not None and not 0 <= shard_index < num_shards):
+    if (shard_index is None) != (num_shards is None) or (num_shards is not None and shard_index is not None
+                                                       and not 0 <= shard_index < num_shards):
         fail("--shard-index i and --num-shards n go together, with 0 <= i < n")
-    session = _session(ctx)
-    cfg = _config_or_fail(session, **{"transcode.workers": workers})
-    if not cfg.transcode.enabled:
-        fail("transcode.enabled is false, so no stage would read the copies: set [transcode] enabled = true "
-             "in the config (or --set transcode.enabled=true)")
-    stage = session.graph(cfg).transcode(dataset or cfg.pretrain.dataset)
-    out = build(session, cfg, stage, force=force, build_upstream=build_upstream, dry_run=dry_run, device="cpu",
-                shard_index=shard_index, num_shards=num_shards)
-    if out:
-        _print_summary(out)
+
+    def enabled(cfg: Config) -> None:
+        if not cfg.transcode.enabled:
+            fail("transcode.enabled is false, so no stage would read the copies: set [transcode] enabled = true "
+                 "in the config (or --set transcode.enabled=true)")
+
+    stage_command(_session(ctx), {"transcode.workers": workers},
+                  lambda g: g.transcode(dataset or g.cfg.pretrain.dataset), force=force,
+                  build_upstream=build_upstream, dry_run=dry_run, device="cpu", check=enabled,
+                  shard_index=shard_index, num_shards=num_shards)
 
 
 @main.command(context_settings=CONTEXT)
@@ -348,13 +372,10 @@ def transcode(ctx: click.Context, dataset: str | None, shard_index: int | None, 
 def pretrain(ctx: click.Context, init_from: Path | None, epochs: int | None, device: str | None, force: bool,
              build_upstream: bool, dry_run: bool) -> None:
     """Pretrain the multi-task student on cached teacher maps (DDP under torchrun; resumes)."""
-    session = _session(ctx)
-    cfg = _config_or_fail(session, **{"pretrain.init_from": str(init_from.resolve()) if init_from else None,
-                                      "pretrain.epochs": epochs, "pretrain.device": device})
-    out = build(session, cfg, session.graph(cfg).pretrain(), force=force, build_upstream=build_upstream,
-                dry_run=dry_run, device=cfg.pretrain.device)
-    if out:
-        _print_summary(out)
+    extra = {"pretrain.init_from": str(init_from.resolve()) if init_from else None, "pretrain.epochs": epochs,
+             "pretrain.device": device}
+    stage_command(_session(ctx), extra, StageGraph.pretrain, force=force, build_upstream=build_upstream,
+                  dry_run=dry_run)
 
 
 @main.command(context_settings=CONTEXT)
@@ -373,14 +394,9 @@ def finetune(ctx: click.Context, dataset: str | None, split: int | None, from_sc
     session = _session(ctx)
     extra: dict[str, Any] = {"finetune.dataset": dataset, "finetune.from_scratch": from_scratch,
                              "finetune.select_on": select_on, "finetune.device": device}
-    if split is not None:
-        extra[f"datasets.{dataset or _config_or_fail(session).finetune.dataset}.split"] = split
-    cfg = _config_or_fail(session, **extra)
-    graph = session.graph(cfg)
-    out = build(session, cfg, graph.finetune(), force=force, build_upstream=build_upstream, dry_run=dry_run,
-                device=cfg.finetune.device)
+    cfg, graph, out = stage_command(session, extra, StageGraph.finetune, force=force, build_upstream=build_upstream,
+                                    dry_run=dry_run, split=split, dataset=dataset, section="finetune")
     if out:
-        _print_summary(out)
         ev = build(session, cfg, graph.evaluate(), force=force, dry_run=dry_run, device=cfg.finetune.device)
         if ev:
             _print_summary(ev)
@@ -400,16 +416,10 @@ def finetune(ctx: click.Context, dataset: str | None, split: int | None, from_sc
 def evaluate(ctx: click.Context, dataset: str | None, split: int | None, clips: int | None, crops: str | None,
              device: str | None, force: bool, build_upstream: bool, dry_run: bool) -> None:
     """Multi-view test: top-1 / top-5 (video and clip level), per-class accuracy, confusion matrix."""
-    session = _session(ctx)
     extra: dict[str, Any] = {"finetune.dataset": dataset, "evaluate.clips": clips,
                              "evaluate.crops": int(crops) if crops else None, "evaluate.device": device}
-    if split is not None:
-        extra[f"datasets.{dataset or _config_or_fail(session).finetune.dataset}.split"] = split
-    cfg = _config_or_fail(session, **extra)
-    out = build(session, cfg, session.graph(cfg).evaluate(), force=force, build_upstream=build_upstream,
-                dry_run=dry_run, device=cfg.evaluate.device)
-    if out:
-        _print_summary(out)
+    stage_command(_session(ctx), extra, StageGraph.evaluate, force=force, build_upstream=build_upstream,
+                  dry_run=dry_run, split=split, dataset=dataset, section="finetune")
 
 
 @main.command(context_settings=CONTEXT)
@@ -421,15 +431,9 @@ def evaluate(ctx: click.Context, dataset: str | None, split: int | None, clips: 
 def retrieval(ctx: click.Context, dataset: str | None, split: int | None, device: str | None, force: bool,
               build_upstream: bool, dry_run: bool) -> None:
     """Video retrieval R@1/5/10/20/50 from the pretrained representation (no finetuning)."""
-    session = _session(ctx)
     extra: dict[str, Any] = {"retrieval.dataset": dataset, "retrieval.device": device}
-    if split is not None:
-        extra[f"datasets.{dataset or _config_or_fail(session).retrieval.dataset}.split"] = split
-    cfg = _config_or_fail(session, **extra)
-    out = build(session, cfg, session.graph(cfg).retrieval(), force=force, build_upstream=build_upstream,
-                dry_run=dry_run, device=cfg.retrieval.device)
-    if out:
-        _print_summary(out)
+    stage_command(_session(ctx), extra, StageGraph.retrieval, force=force, build_upstream=build_upstream,
+                  dry_run=dry_run, split=split, dataset=dataset, section="retrieval")
 
 
 @main.command("linear-probe", context_settings=CONTEXT)
@@ -441,15 +445,9 @@ def retrieval(ctx: click.Context, dataset: str | None, split: int | None, device
 def linear_probe(ctx: click.Context, dataset: str | None, split: int | None, device: str | None, force: bool,
                  build_upstream: bool, dry_run: bool) -> None:
     """Linear probe: logistic regression on frozen [z_h || z_c] features; video-level top-1 / top-5."""
-    session = _session(ctx)
     extra: dict[str, Any] = {"linear_probe.dataset": dataset, "linear_probe.device": device}
-    if split is not None:
-        extra[f"datasets.{dataset or _config_or_fail(session).linear_probe.dataset}.split"] = split
-    cfg = _config_or_fail(session, **extra)
-    out = build(session, cfg, session.graph(cfg).linear_probe(), force=force, build_upstream=build_upstream,
-                dry_run=dry_run, device=cfg.linear_probe.device)
-    if out:
-        _print_summary(out)
+    stage_command(_session(ctx), extra, StageGraph.linear_probe, force=force, build_upstream=build_upstream,
+                  dry_run=dry_run, split=split, dataset=dataset, section="linear_probe")
 
 
 @main.command(context_settings=CONTEXT)
@@ -507,7 +505,7 @@ def sweep(ctx: click.Context, protocol: str, dataset: str, splits: tuple[int, ..
     session = _session(ctx)
 
     def run_one(cfg: Config, stage: Stage) -> Path | None:
-        return build(session, cfg, stage, build_upstream=True, dry_run=dry_run, device=stage_device(cfg, stage))
+        return build(session, cfg, stage, build_upstream=True, dry_run=dry_run, device=device_setting(cfg, stage))
 
     result = run_sweep(lambda extra: load_config(session.config_file, session.overrides + extra), session.work_dir,
                        protocol, dataset, splits, seeds, seed_key, run_one)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import cv2
 
 from data_manifests.video import VIDEO_EXTENSIONS, VideoDecodeError, open_video
-from pipeline.core.errors import UserError
+from pipeline.core.errors import StageError
 from pipeline.core.files import atomic_write_text
 
 # Files that hold data: an empty one is always a failed write (text listings such as failed.jsonl
@@ -123,21 +123,17 @@ def verify_videos(folder: Path, entries: dict[str, dict[str, Any]],
         return [(rel, why) for rel, why in pool.map(one, sorted(entries)) if why]
 
 
-class IncompleteOutputError(UserError, RuntimeError):
-    """A build returned, but its output folder is not complete: the stage is not marked done."""
-
-
 def outputs_or_fail(key: str, folder: Path,
                     record: Callable[[Path], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """The ``outputs`` record of a stage about to be marked done (``record(folder)`` plus each video's
-    frame count), or IncompleteOutputError. The bad files are removed first, so that the stage's own
-    resume logic (which skips what exists) rebuilds them on the next run."""
+    frame count), or a StageError: the stage is not marked done. The bad files are removed first, so
+    that the stage's own resume logic (which skips what exists) rebuilds them on the next run."""
     problems, frames = check_outputs(folder)
     if problems:
         for rel, _ in problems:
             (folder / rel).unlink(missing_ok=True)
         rel, why = problems[0]
-        raise IncompleteOutputError(
+        raise StageError(
             f"{key}: not marked done: {len(problems)} output file(s) incomplete (first: {folder / rel}: {why}); "
             f"they were removed: rerun the same command to rebuild them")
     outputs = record(folder)

@@ -22,7 +22,7 @@ import torch
 
 from pipeline.core.charts import Panel, draw_panel, tile, write_png
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -57,7 +57,7 @@ def finetune_curves(metrics_path: Path) -> np.ndarray:
     epochs = [r for r in rows if r.get("kind") == "epoch"]
     loss = Panel("finetuning loss", series={"train loss": ([r["global_step"] for r in steps],
                                                            [r["loss"] for r in steps])} if steps else {})
-    acc_series: dict[str, tuple[list, list]] = {}
+    acc_series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
     if epochs:
         acc_series["train top-1"] = ([r["epoch"] for r in epochs], [r.get("train_top1", float("nan")) for r in epochs])
         val = [r for r in epochs if "val_top1" in r]

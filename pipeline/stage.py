@@ -33,18 +33,44 @@ from pipeline.core import distributed
 from pipeline.core.code_digest import code_digests
 from pipeline.core.config import Config, dump_toml
 from pipeline.core.distributed import DistInfo
-from pipeline.core.errors import UserError
+from pipeline.core.errors import StageError
 from pipeline.core.files import atomic_write_text
 from pipeline.core.fingerprint import canonical_json, sha256_file, sha256_json
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
 
 
-class StageError(UserError, RuntimeError):
-    """A stage cannot run: an upstream is missing or stale, its inputs are unusable, or another
-    process is building it."""
+@dataclass(frozen=True)
+class BuildOptions:
+    """Command-line execution options of one build; they never enter the fingerprint.
+
+    ``shard_index``/``num_shards``: a job-array task builds only shards i, i+n, ... of a sharded stage
+    (teacher cache, transcode); both ``None`` for a whole build.
+    """
+
+    shard_index: int | None = None
+    num_shards: int | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.num_shards is not None
+
+
+@dataclass
+class BuildResult:
+    """What a stage's build returns: the summary recorded in ``stage.json``, and whether the stage is
+    finished (``complete=False``: one shard of a job array is done, the stage is not; ``message`` says why)."""
+
+    summary: dict[str, Any]
+    complete: bool = True
+    message: str = ""
+
+    @classmethod
+    def of_summary(cls, summary: dict[str, Any]) -> "BuildResult":
+        """A library summary that carries its own ``complete``/``message`` (sharded stages)."""
+        return cls(summary, complete=bool(summary.get("complete", True)), message=str(summary.get("message", "")))
 
 
 @dataclass
@@ -57,7 +83,13 @@ class BuildContext:
     config: Config
     dist: DistInfo
     upstream: dict[str, Path]  # upstream key ("manifest:hmdb51") -> its finished folder
-    options: dict[str, Any] = field(default_factory=dict)  # command-line execution options
+    options: BuildOptions = field(default_factory=BuildOptions)
+    fingerprint: str = ""  # the stage's fingerprint (the output folder's name is its first 12 characters)
+    input_digests: dict[str, str] = field(default_factory=dict)  # the external inputs' digests, by name
+
+    def input_digest(self, name: str) -> str:
+        """The digest of external input ``name`` (e.g. ``"checkpoint"``), as in the fingerprint; "" if none."""
+        return self.input_digests.get(name, "")
 
     def upstream_dir(self, kind: str) -> Path:
         for key, path in self.upstream.items():
@@ -79,7 +111,7 @@ class Stage:
     version: int
     semantic: dict[str, Any]
     upstream: list["Stage"]
-    build: Callable[[BuildContext], dict[str, Any]]
+    build: Callable[[BuildContext], BuildResult]
     inputs: Callable[[dict[str, Path]], dict[str, str]] = lambda up: {}
     command: str = ""  # the CLI command that builds it, for messages
     parallel: bool = False  # True: every rank runs build (it splits the work); else rank 0 alone
@@ -402,7 +434,7 @@ def _versions() -> dict[str, str]:
 
 
 def _ensure_upstream(stage: Stage, work: Path, config: Config, dist: DistInfo, build_upstream: bool,
-                     dry_run: bool, options: dict[str, Any] | None) -> None:
+                     dry_run: bool, options: BuildOptions) -> None:
     """Every upstream done, building missing ones first when ``build_upstream``."""
     for up in stage.upstream:
         st = stage_status(up, work)
@@ -417,7 +449,7 @@ def _ensure_upstream(stage: Stage, work: Path, config: Config, dist: DistInfo, b
             if dry_run:
                 log.info("would build %s (%s)", up.key, state)
                 continue
-            run_stage(up, work, config, dist=dist, force=False, build_upstream=True, options=options, _top=False)
+            run_stage(up, work, config, dist=dist, force=False, build_upstream=True, options=options)
 
 
 def _is_done(out: Path) -> bool:
@@ -439,12 +471,10 @@ def _lock_all_ranks(stage: Stage, work: Path, dist: DistInfo, stack: ExitStack, 
         raise StageError(message)
 
 
-def _prepare_partial(stage: Stage, work: Path, config: Config, force: bool, restart: bool) -> Path:
+def _prepare_partial(stage: Stage, work: Path, config: Config, force: bool) -> Path:
     """The ``.partial`` folder to build in: a damaged or ``stage.json``-less output becomes it
     (minus the damaged files), so the build resumes instead of failing on "Directory not empty"."""
     out, partial = stage.out_dir(work), stage.partial_dir(work)
-    if force and partial.exists() and restart:
-        shutil.rmtree(partial)
     if out.exists() and not force and not _is_done(out):
         problems = _damage(out) if (out / STAGE_FILE).is_file() else []
         why = f"{len(problems)} damaged file(s), e.g. {problems[0][0]}: {problems[0][1]}" if problems else \
@@ -458,7 +488,8 @@ def _prepare_partial(stage: Stage, work: Path, config: Config, force: bool, rest
 
 def _finish(stage: Stage, work: Path, partial: Path, summary: dict[str, Any], elapsed: float,
             dist: DistInfo) -> Path:
-    """Record the outputs (sizes, checksums) in stage.json, then rename the folder into place."""
+    """Mark a stage done: record its outputs (sizes, checksums) in stage.json, then rename the folder
+    into place. The one place where a finished build's outputs are looked at before stage.json exists."""
     out = stage.out_dir(work)
     outputs = completeness.outputs_or_fail(stage.key, partial, record_outputs)
     record = {
@@ -484,7 +515,7 @@ def _finish(stage: Stage, work: Path, partial: Path, summary: dict[str, Any], el
 
 def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None = None,
               force: bool = False, build_upstream: bool = False, dry_run: bool = False,
-              options: dict[str, Any] | None = None, _top: bool = True) -> Path | None:
+              options: BuildOptions | None = None) -> Path | None:
     """Build ``stage`` unless its output is done (and intact); return its folder.
 
     Upstream stages must be done, unless ``build_upstream`` (then they are built first). Under
@@ -493,6 +524,7 @@ def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None
     into place.
     """
     dist = dist or distributed.current()
+    options = options or BuildOptions()
     _ensure_upstream(stage, work, config, dist, build_upstream, dry_run, options)
     out = stage.out_dir(work)
     fingerprints = distributed.all_gather_objects(stage.fingerprint(work))
@@ -507,43 +539,43 @@ def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None
         log.info("would build %s (%s%s)", stage.key, st.state, f": {'; '.join(st.reasons)}" if st.reasons else "")
         return None
 
-    options = dict(options or {})
     with ExitStack() as stack:
-        _lock_all_ranks(stage, work, dist, stack, shared=options.get("num_shards") is not None)
+        _lock_all_ranks(stage, work, dist, stack, shared=options.sharded)
         # The lock's previous holder may have just finished this very stage.
         if distributed.broadcast_object(_is_done(out)) and not force:
             log.info("%s was finished by another process (%s)", stage.key, out)
             return out
         partial = stage.partial_dir(work)
         if dist.is_main:
-            _prepare_partial(stage, work, config, force, bool(options.get("restart")))
+            _prepare_partial(stage, work, config, force)
         distributed.barrier()
 
         log.info("building %s -> %s", stage.key, out)
         ctx = BuildContext(stage=stage, out_dir=partial, work_dir=work, config=config, dist=dist,
-                           upstream=stage.upstream_dirs(work), options=options)
+                           upstream=stage.upstream_dirs(work), options=options,
+                           fingerprint=stage.fingerprint(work), input_digests=dict(stage.components(work)["inputs"]))
         t0 = time.time()
-        summary: dict[str, Any] = {}
+        result = BuildResult({})
         if stage.parallel or dist.is_main:
-            summary = stage.build(ctx) or {}
+            result = stage.build(ctx)
         # a rank-0-only stage (manifest probing: hours) or a rank with more shards keeps the others
         # waiting: a long-timeout gloo group, not the 30-minute default one (pipeline/core/distributed.py)
-        summary = distributed.broadcast_after_wait(summary)
+        result = distributed.broadcast_after_wait(result)
         elapsed = time.time() - t0
 
-        if summary.get("complete", True) is False:
+        if not result.complete:
             log.info("%s: part of the work is done (%s); the stage is finished by a run over all shards",
-                     stage.key, summary.get("message", ""))
+                     stage.key, result.message)
             return None
-        refused = None
+        refused: str | None = None
         if dist.is_main:
             try:
-                _finish(stage, work, partial, summary, elapsed, dist)
-            except completeness.IncompleteOutputError as exc:
+                _finish(stage, work, partial, result.summary, elapsed, dist)
+            except StageError as exc:  # outputs refused at mark-done (pipeline/completeness.py)
                 refused = str(exc)
         refused = distributed.broadcast_object(refused)  # every rank fails alike, none waits at a barrier
         if refused is not None:
-            raise completeness.IncompleteOutputError(refused)
+            raise StageError(refused)
     return out
 
 

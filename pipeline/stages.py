@@ -6,17 +6,19 @@ synthetic ─► manifest:<pretrain set> ─► teacher-cache ─► pretrain �
 """
 from __future__ import annotations
 
-import importlib
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pipeline.core.config import Config, ConfigError, semantic_dict
+from pipeline.core.config import (ClipsConfig, Config, ConfigError, DatasetConfig, EvaluateConfig, FinetuneConfig,
+                                  LinearProbeConfig, ModelConfig, PretrainConfig, RetrievalConfig, SyntheticConfig,
+                                  TeacherConfig, TranscodeConfig, semantic_dict)
 from pipeline.core.fingerprint import DigestCache, file_set_digest
-from pipeline.stage import BuildContext, Stage, StageError
 from pipeline.core.tensorboard_log import log_final, log_teacher_maps
+from pipeline.stage import BuildContext, BuildResult, Stage, StageError
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -37,6 +39,117 @@ def is_synthetic(value: str) -> bool:
     return value.startswith(SYNTHETIC_PREFIX)
 
 
+def resolve_path(value: str, upstream: dict[str, Path]) -> Path:
+    """A config path: ``synthetic:<sub>`` lives in the synthetic stage's output."""
+    if is_synthetic(value):
+        return upstream["synthetic:default"] / value[len(SYNTHETIC_PREFIX):]
+    return Path(value).expanduser().resolve()
+
+
+def videos_dir(ctx: BuildContext, transcoded: bool) -> Path:
+    """Where a student stage reads its videos: the transcoded copies when [transcode] is on."""
+    return ctx.upstream_dir("transcode" if transcoded else "manifest")
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage builders: thin adapters from a BuildContext to the library function that does the work.
+# Each imports its library lazily, so `status` never imports torch models.
+# ----------------------------------------------------------------------------------------------
+
+def build_synthetic_stage(ctx: BuildContext, syn: SyntheticConfig) -> BuildResult:
+    from data_manifests.synthetic import generate_synthetic, spec_from_config
+
+    return BuildResult(generate_synthetic(ctx.out_dir, spec_from_config(syn), workers=syn.workers,
+                                          progress=ctx.dist.is_main))
+
+
+def build_manifest_stage(ctx: BuildContext, name: str, ds: DatasetConfig) -> BuildResult:
+    from data_manifests.builders import build_manifest
+    from data_manifests.manifest import write_manifest
+    from pipeline.completeness import write_sources
+
+    manifest, rejected = build_manifest(
+        ds.kind, resolve_path(ds.root, ctx.upstream), [resolve_path(a, ctx.upstream) for a in ds.annotations],
+        ds.split, min_frames=ds.min_frames, allow_missing=ds.allow_missing, workers=ds.workers,
+        progress=ctx.dist.is_main)
+    manifest.dataset = name
+    if ctx.dist.is_main:
+        write_manifest(ctx.out_dir, manifest, rejected, relative_to=ctx.work_dir)  # movable work dir
+        # each listed video's sha256, so that --verify notices a source replaced at the same size and mtime
+        write_sources(ctx.out_dir, manifest.root, [e.path for e in manifest.entries], workers=ds.workers)
+    return BuildResult(manifest_summary(manifest, rejected))
+
+
+def build_teacher_cache_stage(ctx: BuildContext, t: TeacherConfig, clips: ClipsConfig) -> BuildResult:
+    from teacher.cache_stage import build_teacher_cache
+
+    result = BuildResult.of_summary(build_teacher_cache(
+        ctx.upstream_dir("manifest"), ctx.out_dir, t, clips, dist=ctx.dist, fingerprint=ctx.fingerprint,
+        checkpoint_sha256=ctx.input_digest("checkpoint"),
+        shard_index=ctx.options.shard_index, num_shards=ctx.options.num_shards))
+    if ctx.dist.is_main and result.complete:  # optional TensorBoard image of the maps
+        log_teacher_maps(ctx.out_dir)
+    return result
+
+
+def build_transcode_stage(ctx: BuildContext, tc: TranscodeConfig) -> BuildResult:
+    from data_manifests.transcode import TranscodeSpec, build_transcode
+
+    return BuildResult.of_summary(build_transcode(
+        ctx.upstream_dir("manifest"), ctx.out_dir, TranscodeSpec(short_side=tc.short_side, codec=tc.codec),
+        dist=ctx.dist, final_dir=ctx.stage.out_dir(ctx.work_dir), workers=tc.workers,
+        shard_index=ctx.options.shard_index, num_shards=ctx.options.num_shards, progress=ctx.dist.is_main))
+
+
+def build_pretrain_stage(ctx: BuildContext, m: ModelConfig, p: PretrainConfig, clips: ClipsConfig,
+                         transcoded: bool) -> BuildResult:
+    from student.pretrain import pretrain
+
+    cache = ctx.upstream_dir("teacher-cache") if m.kd else None
+    return BuildResult(pretrain(videos_dir(ctx, transcoded), cache, ctx.out_dir, m, p, clips, dist=ctx.dist))
+
+
+def build_finetune_stage(ctx: BuildContext, m: ModelConfig, f: FinetuneConfig, clip_len: int,
+                         transcoded: bool) -> BuildResult:
+    from student.finetune import finetune
+
+    pre = None if f.from_scratch else ctx.upstream_dir("pretrain")
+    return BuildResult(finetune(videos_dir(ctx, transcoded), pre, ctx.out_dir, m, f, dist=ctx.dist,
+                                clip_len=clip_len))
+
+
+def build_evaluate_stage(ctx: BuildContext, e: EvaluateConfig, manifest: Stage, transcoded: bool) -> BuildResult:
+    """``manifest``: the finetune dataset's manifest stage (its synthetic part masks score human focus)."""
+    from student.evaluate import evaluate
+
+    summary = evaluate(videos_dir(ctx, transcoded), ctx.upstream_dir("finetune"), ctx.out_dir, e, dist=ctx.dist)
+    if ctx.dist.is_main:  # synthetic data: how much of the CAM mass falls on the person (paper Fig. 3)
+        summary.update(record_human_focus(manifest.out_dir(ctx.work_dir), ctx.upstream_dir("finetune"), ctx.out_dir))
+        log_final(ctx.out_dir, "evaluate", summary)  # optional TensorBoard final top-1 / top-5
+    return BuildResult(summary)
+
+
+def build_retrieval_stage(ctx: BuildContext, cfg: RetrievalConfig, clip_len: int, transcoded: bool) -> BuildResult:
+    from student.retrieval import retrieval
+
+    summary = retrieval(videos_dir(ctx, transcoded), ctx.upstream_dir("pretrain"), ctx.out_dir, cfg,
+                        dist=ctx.dist, clip_len=clip_len)
+    if ctx.dist.is_main:
+        log_final(ctx.out_dir, "retrieval", summary)
+    return BuildResult(summary)
+
+
+def build_linear_probe_stage(ctx: BuildContext, cfg: LinearProbeConfig, clip_len: int,
+                             transcoded: bool) -> BuildResult:
+    from student.linear_probe import linear_probe
+
+    summary = linear_probe(videos_dir(ctx, transcoded), ctx.upstream_dir("pretrain"), ctx.out_dir, cfg,
+                           dist=ctx.dist, clip_len=clip_len)
+    if ctx.dist.is_main:
+        log_final(ctx.out_dir, "linear-probe", summary)
+    return BuildResult(summary)
+
+
 class StageGraph:
     """Builds :class:`Stage` objects for a config, sharing upstream nodes (and their digests)."""
 
@@ -46,31 +159,21 @@ class StageGraph:
         self.digests = DigestCache(work / ".cache" / "digests.json")
         self._nodes: dict[str, Stage] = {}
 
-    def _memo(self, key: str, make) -> Stage:
+    def _memo(self, key: str, make: Callable[[], Stage]) -> Stage:
         if key not in self._nodes:
             self._nodes[key] = make()
         return self._nodes[key]
 
-    # -- path resolution ------------------------------------------------------------------
-
     def resolve(self, value: str, upstream: dict[str, Path]) -> Path:
-        """A config path: ``synthetic:<sub>`` lives in the synthetic stage's output."""
-        if is_synthetic(value):
-            return upstream["synthetic:default"] / value[len(SYNTHETIC_PREFIX):]
-        return Path(value).expanduser().resolve()
+        return resolve_path(value, upstream)
 
     # -- nodes ----------------------------------------------------------------------------
 
     def synthetic(self) -> Stage:
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from data_manifests.synthetic import generate_synthetic, spec_from_config
-
-            return generate_synthetic(ctx.out_dir, spec_from_config(self.cfg.synthetic),
-                                      workers=self.cfg.synthetic.workers, progress=ctx.dist.is_main)
-
         return self._memo("synthetic", lambda: Stage(
             kind="synthetic", name="default", version=VERSIONS["synthetic"],
-            semantic=semantic_dict(self.cfg.synthetic), upstream=[], build=build,
+            semantic=semantic_dict(self.cfg.synthetic), upstream=[],
+            build=partial(build_synthetic_stage, syn=self.cfg.synthetic),
             command="pipeline synthetic", code=CODE["synthetic"]))
 
     def manifest(self, name: str) -> Stage:
@@ -92,27 +195,10 @@ class StageGraph:
             self.digests.save()
             return out
 
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from data_manifests.builders import build_manifest
-            from data_manifests.manifest import write_manifest
-
-            manifest, rejected = build_manifest(
-                ds.kind, self.resolve(ds.root, ctx.upstream),
-                [self.resolve(a, ctx.upstream) for a in ds.annotations], ds.split,
-                min_frames=ds.min_frames, allow_missing=ds.allow_missing, workers=ds.workers,
-                progress=ctx.dist.is_main)
-            manifest.dataset = name
-            if ctx.dist.is_main:
-                write_manifest(ctx.out_dir, manifest, rejected, relative_to=ctx.work_dir)  # movable work dir
-                from pipeline.completeness import write_sources  # content hashes, checked by --verify
-
-                write_sources(ctx.out_dir, manifest.root, [e.path for e in manifest.entries], workers=ds.workers)
-            return manifest_summary(manifest, rejected)
-
         return self._memo(f"manifest:{name}", lambda: Stage(
             kind="manifest", name=name, version=VERSIONS["manifest"],
-            semantic=semantic_dict(ds), upstream=upstream, build=build, inputs=inputs,
-            command=f"pipeline manifest --dataset {name}", code=CODE["manifest"]))
+            semantic=semantic_dict(ds), upstream=upstream, build=partial(build_manifest_stage, name=name, ds=ds),
+            inputs=inputs, command=f"pipeline manifest --dataset {name}", code=CODE["manifest"]))
 
     def teacher_cache(self) -> Stage:
         t, clips = self.cfg.teacher, self.cfg.clips
@@ -131,51 +217,24 @@ class StageGraph:
             self.digests.save()
             return {"checkpoint": digest}
 
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from teacher.cache_stage import build_teacher_cache
-
-            comps = ctx.stage.components(self.work)
-            summary = build_teacher_cache(
-                ctx.upstream_dir("manifest"), ctx.out_dir, t, clips, dist=ctx.dist,
-                fingerprint=ctx.stage.fingerprint(self.work),
-                checkpoint_sha256=comps["inputs"].get("checkpoint", ""),
-                shard_index=ctx.options.get("shard_index"), num_shards=ctx.options.get("num_shards"))
-            if ctx.dist.is_main and summary.get("complete", True):  # optional TensorBoard image of the maps
-                log_teacher_maps(ctx.out_dir)
-            return summary
-
         return self._memo("teacher-cache", lambda: Stage(
             kind="teacher-cache", name=name, version=VERSIONS["teacher-cache"],
             semantic={"teacher": semantic_dict(t), "clips": semantic_dict(clips)},
-            upstream=[self.manifest(name)], build=build, inputs=inputs,
-            command="pipeline teacher-cache", parallel=True,
-            code=CODE["teacher-cache"]))
+            upstream=[self.manifest(name)], build=partial(build_teacher_cache_stage, t=t, clips=clips),
+            inputs=inputs, command="pipeline teacher-cache", parallel=True, code=CODE["teacher-cache"]))
 
     def transcode(self, name: str) -> Stage:
         """Small seek-friendly copies of dataset ``name`` (every frame index kept); its output is a
         manifest of the copies, which the student stages read instead of the original manifest."""
         tc = self.cfg.transcode
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from data_manifests.transcode import TranscodeSpec, build_transcode
-
-            return build_transcode(ctx.upstream_dir("manifest"), ctx.out_dir,
-                                   TranscodeSpec(short_side=tc.short_side, codec=tc.codec), dist=ctx.dist,
-                                   final_dir=ctx.stage.out_dir(self.work), workers=tc.workers,
-                                   shard_index=ctx.options.get("shard_index"), num_shards=ctx.options.get("num_shards"),
-                                   progress=ctx.dist.is_main)
-
         return self._memo(f"transcode:{name}", lambda: Stage(
             kind="transcode", name=name, version=VERSIONS["transcode"], semantic=semantic_dict(tc),
-            upstream=[self.manifest(name)], build=build, command=f"pipeline transcode --dataset {name}",
-            parallel=True, code=CODE["transcode"]))
+            upstream=[self.manifest(name)], build=partial(build_transcode_stage, tc=tc),
+            command=f"pipeline transcode --dataset {name}", parallel=True, code=CODE["transcode"]))
 
     def _videos(self, name: str) -> Stage:
         """Where the student reads dataset ``name``: the transcoded copies when [transcode] is on."""
         return self.transcode(name) if self.cfg.transcode.enabled else self.manifest(name)
-
-    def _videos_dir(self, ctx: BuildContext) -> Path:
-        return ctx.upstream_dir("transcode" if self.cfg.transcode.enabled else "manifest")
 
     def pretrain(self) -> Stage:
         p, m, clips = self.cfg.pretrain, self.cfg.model, self.cfg.clips
@@ -191,15 +250,11 @@ class StageGraph:
             self.digests.save()
             return {"init_from": digest}
 
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.pretrain import pretrain
-
-            cache = ctx.upstream_dir("teacher-cache") if m.kd else None
-            return pretrain(self._videos_dir(ctx), cache, ctx.out_dir, m, p, clips, dist=ctx.dist)
-
-        semantic = {"model": semantic_dict(m), "pretrain": semantic_dict(p), "clips": semantic_dict(clips)}
+        semantic: dict[str, Any] = {"model": semantic_dict(m), "pretrain": semantic_dict(p),
+                                    "clips": semantic_dict(clips)}
         if not m.kd:
             semantic["teacher"] = None
+        build = partial(build_pretrain_stage, m=m, p=p, clips=clips, transcoded=self.cfg.transcode.enabled)
         return self._memo("pretrain", lambda: Stage(
             kind="pretrain", name=p.dataset, version=VERSIONS["pretrain"], semantic=semantic,
             upstream=upstream, build=build, inputs=inputs, command="pipeline pretrain", parallel=True,
@@ -212,14 +267,8 @@ class StageGraph:
     def finetune(self) -> Stage:
         f, m = self.cfg.finetune, self.cfg.model
         upstream = [self._videos(f.dataset)] + ([] if f.from_scratch else [self.pretrain()])
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.finetune import finetune
-
-            pre = None if f.from_scratch else ctx.upstream_dir("pretrain")
-            return finetune(self._videos_dir(ctx), pre, ctx.out_dir, m, f, dist=ctx.dist,
-                            clip_len=self.cfg.clips.clip_len)
-
+        build = partial(build_finetune_stage, m=m, f=f, clip_len=self.cfg.clips.clip_len,
+                        transcoded=self.cfg.transcode.enabled)
         name = self._finetune_name() + ("-scratch" if f.from_scratch else "")
         return self._memo("finetune", lambda: Stage(
             kind="finetune", name=name, version=VERSIONS["finetune"],
@@ -231,18 +280,8 @@ class StageGraph:
     def evaluate(self) -> Stage:
         e = self.cfg.evaluate
         ft = self.finetune()
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            from student.evaluate import evaluate
-
-            summary = evaluate(self._videos_dir(ctx), ctx.upstream_dir("finetune"), ctx.out_dir, e,
-                               dist=ctx.dist)
-            if ctx.dist.is_main:  # synthetic data: how much of the CAM mass falls on the person (paper Fig. 3)
-                summary.update(record_human_focus(self.manifest(self.cfg.finetune.dataset).out_dir(self.work),
-                                                  ctx.upstream_dir("finetune"), ctx.out_dir))
-                log_final(ctx.out_dir, "evaluate", summary)  # optional TensorBoard final top-1 / top-5
-            return summary
-
+        build = partial(build_evaluate_stage, e=e, manifest=self.manifest(self.cfg.finetune.dataset),
+                        transcoded=self.cfg.transcode.enabled)
         return self._memo("evaluate", lambda: Stage(
             kind="evaluate", name=ft.name, version=VERSIONS["evaluate"], semantic=semantic_dict(e),
             upstream=[self._videos(self.cfg.finetune.dataset), ft], build=build,
@@ -250,26 +289,21 @@ class StageGraph:
             code=CODE["evaluate"]))
 
     def retrieval(self) -> Stage:
-        return self._frozen_student_stage("retrieval", "retrieval", self.cfg.retrieval, "student.retrieval")
+        r = self.cfg.retrieval
+        build = partial(build_retrieval_stage, cfg=r, clip_len=self.cfg.clips.clip_len,
+                        transcoded=self.cfg.transcode.enabled)
+        return self._frozen_student_stage("retrieval", "retrieval", r, build)
 
     def linear_probe(self) -> Stage:
         """Frozen-feature logistic regression on one dataset split (student/linear_probe.py)."""
-        return self._frozen_student_stage("linear-probe", "linear_probe", self.cfg.linear_probe,
-                                          "student.linear_probe")
+        lp = self.cfg.linear_probe
+        build = partial(build_linear_probe_stage, cfg=lp, clip_len=self.cfg.clips.clip_len,
+                        transcoded=self.cfg.transcode.enabled)
+        return self._frozen_student_stage("linear-probe", "linear_probe", lp, build)
 
-    def _frozen_student_stage(self, kind: str, section: str, cfg: Any, module: str) -> Stage:
-        """A stage that evaluates the frozen pretrained student on one dataset split (retrieval, linear
-        probe) with ``module.<section>(videos_dir, pretrain_dir, out_dir, cfg, dist=, clip_len=)``,
-        imported only when the stage is built (``status`` never imports torch models)."""
-
-        def build(ctx: BuildContext) -> dict[str, Any]:
-            run = getattr(importlib.import_module(module), section)
-            summary = run(self._videos_dir(ctx), ctx.upstream_dir("pretrain"), ctx.out_dir, cfg,
-                          dist=ctx.dist, clip_len=self.cfg.clips.clip_len)
-            if ctx.dist.is_main:
-                log_final(ctx.out_dir, kind, summary)
-            return summary
-
+    def _frozen_student_stage(self, kind: str, section: str, cfg: RetrievalConfig | LinearProbeConfig,
+                              build: Callable[[BuildContext], BuildResult]) -> Stage:
+        """A stage that evaluates the frozen pretrained student on one dataset split (retrieval, linear probe)."""
         name = f"{cfg.dataset}-split{self.cfg.dataset(cfg.dataset).split}"
         return self._memo(kind, lambda: Stage(
             kind=kind, name=name, version=VERSIONS[kind],

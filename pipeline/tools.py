@@ -25,7 +25,7 @@ def parse_image_cmd(image: Path, checkpoint: Path, labels: str, output: Path, de
     from pipeline.core.distributed import resolve_device
     from teacher.parse_image import parse_image
 
-    from teacher.checkpoint import CheckpointError
+    from pipeline.core.errors import CheckpointError
 
     try:
         label_map = parse_image(image, checkpoint, labels, output, device=resolve_device(device))
@@ -51,7 +51,7 @@ def teacher_show_cmd(ctx: click.Context, clip_id: str, output: Path) -> None:
         status = stage_status(st, session.work_dir)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if status.state != "done":
+    if status.state != "done" or status.path is None:
         raise click.ClickException(f"the teacher cache is {status.state}; build it with `{st.command}`")
     manifest_dir = st.upstream[0].out_dir(session.work_dir)
     show_clip(status.path, manifest_dir, clip_id, output)
@@ -79,7 +79,7 @@ def visualize_cmd(ctx: click.Context, videos: tuple[Path, ...], classifier: Path
     if classifier is None:
         st = session.graph(cfg).finetune()
         status = stage_status(st, session.work_dir)
-        if status.state != "done":
+        if status.state != "done" or status.path is None:
             raise click.ClickException(f"no finetuned model: pass --classifier or run `{st.command}`")
         classifier = status.path / "classifier.pt"
     paths = class_activation_maps(classifier, list(videos), out_dir, clip_len=cfg.clips.clip_len,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.core.config import ModelConfig
-from pipeline.core.errors import UserError
+from pipeline.core.errors import TrainingError
 from student.checkpointing import load_checkpoint
 from student.model import ClassifierModel, MultiTaskStudent, load_encoders
 
@@ -34,10 +34,6 @@ REQUIRED_KEYS = ("backbone", "width", "split_after", "kd", "task_dependent")  # 
 UNKNOWN_NUM_PARTS = 7
 
 
-class FinetuneError(UserError, RuntimeError):
-    """Finetuning cannot start: bad inputs, mismatched pretraining, an unusable checkpoint."""
-
-
 def model_config_from(saved: ModelConfig | dict[str, Any], where: str = "model_config") -> ModelConfig:
     """The ``ModelConfig`` a file stored (keys it lacks: ModelConfig's defaults; unknown keys: ignored)."""
     if isinstance(saved, ModelConfig):
@@ -46,7 +42,7 @@ def model_config_from(saved: ModelConfig | dict[str, Any], where: str = "model_c
         saved = dataclasses.asdict(saved)
     missing = [k for k in REQUIRED_KEYS if k not in saved]
     if missing:
-        raise FinetuneError(f"{where}: model_config lacks {missing}; the file was not written by this pipeline")
+        raise TrainingError(f"{where}: model_config lacks {missing}; the file was not written by this pipeline")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     return ModelConfig(**{k: v for k, v in saved.items() if k in known})
 
@@ -68,10 +64,10 @@ def read_pretrained_file(path: Path) -> dict[str, Any]:
     """A pretraining ``student.pt`` ({"model_config", "num_parts", "state_dict"}), checked for shape."""
     path = Path(path)
     if not path.is_file():
-        raise FinetuneError(f"pretrained student {path} does not exist (run `pipeline pretrain` first)")
+        raise TrainingError(f"pretrained student {path} does not exist (run `pipeline pretrain` first)")
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("model_config"), dict) or "state_dict" not in ckpt:
-        raise FinetuneError(f"{path} is not a pretrained student (expected keys model_config, num_parts, state_dict)")
+        raise TrainingError(f"{path} is not a pretrained student (expected keys model_config, num_parts, state_dict)")
     return ckpt
 
 
@@ -84,7 +80,7 @@ def read_pretrained(pretrain_dir: Path, model_cfg: Any) -> dict[str, Any]:
     diff = [f"{k}: pretrained {saved.get(k)!r} vs config {ours.get(k)!r}" for k in MATCH_KEYS
             if saved.get(k) != ours[k]]
     if diff:
-        raise FinetuneError(f"{path} was pretrained with a different model than [model] asks for: "
+        raise TrainingError(f"{path} was pretrained with a different model than [model] asks for: "
                             + "; ".join(diff) + ". Finetune with the pretraining run's model settings.")
     return ckpt
 
@@ -97,7 +93,7 @@ def build_classifier(model_cfg: Any, num_classes: int, pretrained: dict[str, Any
         try:
             load_encoders(student, pretrained)
         except ValueError as err:
-            raise FinetuneError(f"pretrained student does not fit the model: {err}") from None
+            raise TrainingError(f"pretrained student does not fit the model: {err}") from None
     return ClassifierModel(student, num_classes)
 
 
@@ -112,17 +108,17 @@ def load_classifier(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
     """(model in eval mode on ``device``, the file's metadata) from a ``classifier.pt``."""
     path = Path(path)
     if not path.is_file():
-        raise FinetuneError(f"classifier {path} does not exist (run `pipeline finetune` first)")
+        raise TrainingError(f"classifier {path} does not exist (run `pipeline finetune` first)")
     ckpt = load_checkpoint(path)
     missing = [k for k in ("model_config", "num_classes", "classes", "state_dict") if k not in ckpt]
     if missing:
-        raise FinetuneError(f"{path} is not a finetuned classifier (missing {missing})")
+        raise TrainingError(f"{path} is not a finetuned classifier (missing {missing})")
     model_cfg = model_config_from(ckpt["model_config"], str(path))
     model = build_classifier(model_cfg, int(ckpt["num_classes"]), None)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as err:
-        raise FinetuneError(f"{path}: weights do not fit the model described in the file: {err}") from None
+        raise TrainingError(f"{path}: weights do not fit the model described in the file: {err}") from None
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}
     info.setdefault("clip_len", DEFAULT_CLIP_LEN)
     info.setdefault("input_size", model_cfg.input_size)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import cv2
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from data_manifests.video import count_frames, read_frames
-from student.finetune_data import clip_indices, resize_frames, short_side_size, to_tensor
+from student.finetune_data import consecutive_frames, resize_frames, short_side_size, to_tensor
 
 
 def centred_start(num_frames: int, clip_len: int) -> int:
@@ -44,7 +44,8 @@ def clip_cam(model: Any, clip: torch.Tensor, out_size: tuple[int, int, int]) -> 
     weights = model.cam_weights()
     if len(weights) != len(maps):
         raise ValueError(f"{len(weights)} weight blocks for {len(maps)} branch feature maps")
-    cam = sum(torch.einsum("c,cthw->thw", w[pred].float(), z[0].float()) for w, z in zip(weights, maps))
+    cam = cast(torch.Tensor, sum(torch.einsum("c,cthw->thw", w[pred].float(), z[0].float())
+                                 for w, z in zip(weights, maps)))
     cam = F.interpolate(cam[None, None], size=out_size, mode="trilinear", align_corners=False)[0, 0]
     lo, hi = cam.min(), cam.max()
     heat = (cam - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam)
@@ -97,7 +98,7 @@ def class_activation_maps(classifier_path: Path | str, video_paths: Sequence[Pat
     paths, records, used = [], [], set()
     for video in map(Path, video_paths):
         n = count_frames(video)
-        frames = read_frames(video, clip_indices(centred_start(n, clip_len), clip_len, n))
+        frames = read_frames(video, consecutive_frames(centred_start(n, clip_len), clip_len, n))
         strip, rec = cam_strip(model, frames, input_size, frames_per_strip, device, info.get("classes"))
         name = f"{video.stem}.cam.png"
         k = 1

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as tdist
 
 from pipeline.core.distributed import is_distributed
-from pipeline.core.errors import NonFiniteError, UserError, disk_full_error, is_disk_full
+from pipeline.core.errors import CheckpointError, NonFiniteError, disk_full_error, is_disk_full
 from pipeline.core.files import atomic_path
 
 
@@ -38,11 +38,6 @@ class TrainingInterrupted(RuntimeError):
         self.step = step
         super().__init__(f"interrupted by {signal_name} at epoch {epoch}, step {step}; checkpoint saved "
                          f"to {checkpoint}; rerun the same command to resume")
-
-
-class TrainStateError(UserError, RuntimeError):
-    """A training checkpoint that cannot be read or does not hold what the loop expects
-    (the SCHP weights have their own ``teacher.checkpoint.CheckpointError``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,14 +131,14 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     """Load with ``weights_only=True``; a file that is not a checkpoint gets an error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise TrainStateError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt/truncated/foreign files all become one clear error
-        raise TrainStateError(f"checkpoint {path} could not be loaded ({type(exc).__name__}: {exc}); "
+        raise CheckpointError(f"checkpoint {path} could not be loaded ({type(exc).__name__}: {exc}); "
                               f"delete it to start over") from exc
     if not isinstance(state, dict):
-        raise TrainStateError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
 
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
 from pipeline.core.distributed import DistInfo, all_gather_objects
-from pipeline.core.errors import UserError
+from pipeline.core.errors import StageError
 from pipeline.core.lifetime import DieWithParent
 from pipeline.core.progress import Progress
 from pipeline.core.runtime import stage_device
@@ -42,11 +42,7 @@ from student.metrics import (confusion_matrix, mean_class_accuracy, per_class_ac
                              topk_correct, topk_indices)
 from student.protocols import view_aggregation
 
-log = logging.getLogger("pipeline")
-
-
-class EvaluationError(UserError, RuntimeError):
-    """Gathered predictions are inconsistent (duplicates, missing videos, wrong view counts)."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,8 +124,8 @@ def score_videos(model: torch.nn.Module, manifest: Manifest, entries: Sequence[V
     for pos in sorted(sums):
         views_seen = seen[pos]
         if sorted(views_seen) != list(range(ds.views_per_video)):
-            raise EvaluationError(f"video {sub[pos].id}: views {sorted(views_seen)} were run, expected "
-                                  f"0..{ds.views_per_video - 1} once each")
+            raise StageError(f"video {sub[pos].id}: views {sorted(views_seen)} were run, expected "
+                             f"0..{ds.views_per_video - 1} once each")
         e = sub[pos]
         mean = sums[pos] / len(views_seen)
         video_probs = torch.softmax(mean, dim=0) if aggregate == "logits" else mean
@@ -165,7 +161,7 @@ def check_gathered(scores: Sequence[VideoScore], entries: Sequence[VideoEntry],
         problems.append(f"{len(missing)} videos have no predictions (first: {missing[:5]})")
     if problems:
         shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise EvaluationError(f"gathered evaluation results are inconsistent: {shown}")
+        raise StageError(f"gathered evaluation results are inconsistent: {shown}")
     return [by_pos[p] for p in range(len(entries))]
 
 
@@ -216,17 +212,17 @@ def evaluate(manifest_dir: Path, finetune_dir: Path, out_dir: Path, cfg: Any, *,
     manifest = load_manifest(Path(manifest_dir))
     entries = manifest.by_split(split)
     if not entries:
-        raise EvaluationError(f"manifest {manifest_dir} has no videos in split {split!r}")
+        raise StageError(f"manifest {manifest_dir} has no videos in split {split!r}")
     unlabelled = [e.id for e in entries if not 0 <= e.label < len(manifest.classes)]
     if unlabelled:
-        raise EvaluationError(f"manifest {manifest_dir}: {len(unlabelled)} {split!r} videos have no valid label "
-                              f"(first: {unlabelled[:3]}); cannot score them")
+        raise StageError(f"manifest {manifest_dir}: {len(unlabelled)} {split!r} videos have no valid label "
+                         f"(first: {unlabelled[:3]}); cannot score them")
     device = stage_device(cfg.device, dist)
     model, info = load_classifier(Path(finetune_dir) / "classifier.pt", device)
     if list(info["classes"]) != list(manifest.classes):
-        raise EvaluationError(f"{finetune_dir}/classifier.pt was trained on classes {info['classes'][:5]}... "
-                              f"but manifest {manifest_dir} has {manifest.classes[:5]}... "
-                              f"({len(manifest.classes)} classes)")
+        raise StageError(f"{finetune_dir}/classifier.pt was trained on classes {info['classes'][:5]}... "
+                         f"but manifest {manifest_dir} has {manifest.classes[:5]}... "
+                         f"({len(manifest.classes)} classes)")
     views = cfg.clips * cfg.crops
     protocol = (info.get("protocol") or {}).get("name")
     aggregate = view_aggregation(protocol)

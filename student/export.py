@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from student.checkpointing import load_checkpoint, save_checkpoint
-from student.export_layouts import LAYOUTS, ExportError, refusal, rspnet_state, torchvision_state
+from pipeline.core.errors import CheckpointError
+from student.export_layouts import LAYOUTS, refusal, rspnet_state, torchvision_state
 from student.model import MultiTaskStudent, load_encoders
 
 BRANCHES: tuple[str, ...] = ("both", "human", "contrastive")
@@ -56,7 +57,7 @@ def student_from_file(path: Path) -> tuple[MultiTaskStudent, dict[str, Any]]:
     try:
         load_encoders(student, ckpt)
     except ValueError as err:
-        raise ExportError(f"{path} does not fit its own model_config: {err}") from None
+        raise CheckpointError(f"{path} does not fit its own model_config: {err}") from None
     heads = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("g_m.", "g_a."))}
     if heads:
         student.load_state_dict(heads, strict=False)
@@ -68,42 +69,43 @@ def branch_backbone(student: MultiTaskStudent, branch: str) -> dict[str, torch.T
     if branch == "human":
         high = student.h_h
         if high is None:
-            raise ExportError("export --branch human: this student was pretrained without KD (model.kd = false), "
-                              "so it has no human-prior encoder; use --branch contrastive")
+            raise CheckpointError("export --branch human: this student was pretrained without KD (model.kd = false), "
+                                  "so it has no human-prior encoder; use --branch contrastive")
     elif branch == "contrastive":
         high = student.h_c
     else:
-        raise ExportError(f"export --branch {branch}: a backbone file holds one branch; pass --branch human "
-                          f"or --branch contrastive (--branch both needs --layout student)")
+        raise CheckpointError(f"export --branch {branch}: a backbone file holds one branch; pass --branch human "
+                              f"or --branch contrastive (--branch both needs --layout student)")
     out = {k: v.detach().clone() for k, v in student.f_l.state_dict().items()}
     out.update({k: v.detach().clone() for k, v in high.state_dict().items()})
     return out
 
 
 def export_state(student: MultiTaskStudent, meta: dict[str, Any], layout: str, branch: str | None) -> dict[str, Any]:
-    """The object to save for ``layout`` / ``branch`` (raises ExportError with the reason when impossible).
+    """The object to save for ``layout`` / ``branch`` (raises CheckpointError with the reason when impossible).
 
     ``branch`` None: ``both`` for the student layout; a backbone layout then asks for one.
     """
     if layout not in LAYOUTS:
-        raise ExportError(f"export --layout {layout}: unknown layout; choose one of {', '.join(LAYOUTS)}")
+        raise CheckpointError(f"export --layout {layout}: unknown layout; choose one of {', '.join(LAYOUTS)}")
     if branch is not None and branch not in BRANCHES:
-        raise ExportError(f"export --branch {branch}: choose one of {', '.join(BRANCHES)}")
+        raise CheckpointError(f"export --branch {branch}: choose one of {', '.join(BRANCHES)}")
     name, width = student.f_l.backbone, float(student.f_l.width)
     why = refusal(layout, name, width)
     if why is not None:
-        raise ExportError(f"export --layout {layout}: {why}")
+        raise CheckpointError(f"export --layout {layout}: {why}")
     if branch is None and layout != "student":
-        raise ExportError(f"export --layout {layout} writes one backbone: pass --branch human (f_l + h_h) or "
-                          f"--branch contrastive (f_l + h_c)")
+        raise CheckpointError(f"export --layout {layout} writes one backbone: pass --branch human (f_l + h_h) or "
+                              f"--branch contrastive (f_l + h_c)")
     branch = branch or "both"
     if layout == "student":
         if branch != "both":
-            raise ExportError(f"export --layout student holds the whole [z_h || z_c] encoder; for one branch "
-                              f"({branch}) use --layout rspnet")
+            raise CheckpointError(f"export --layout student holds the whole [z_h || z_c] encoder; for one branch "
+                                  f"({branch}) use --layout rspnet")
         encoders = {k: v.detach().clone() for k, v in student.state_dict().items()
                     if k.split(".", 1)[0] in ("f_l", "h_h", "h_c")}
-        keep = {k: meta[k] for k in ("model_config", "num_parts", "label_names", "clip_len", "epochs") if k in meta}
+        keep: dict[str, Any] = {k: meta[k] for k in ("model_config", "num_parts", "label_names", "clip_len", "epochs")
+                                if k in meta}
         return {**keep, "format": "humanprior-student-encoders", "state_dict": encoders}
     backbone = branch_backbone(student, branch)
     if layout == "rspnet":
@@ -156,5 +158,5 @@ def read_exported(path: Path) -> dict[str, Any]:
     return load_checkpoint(Path(path))
 
 
-__all__ = ["BRANCHES", "ExportError", "ExportResult", "branch_backbone", "export_checkpoint", "export_state",
+__all__ = ["BRANCHES", "CheckpointError", "ExportResult", "branch_backbone", "export_checkpoint", "export_state",
            "student_from_file", "read_exported"]

@@ -28,14 +28,10 @@ from collections.abc import Mapping
 
 import torch
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import CheckpointError
 from student.backbones import RSPNET_PREFIX
 
 LAYOUTS: tuple[str, ...] = ("student", "rspnet", "torchvision", "torchvision-r3d_18", "mmaction2")
-
-
-class ExportError(UserError, ValueError):
-    """The requested export cannot be written (no matching architecture, wrong branch or width)."""
 
 
 _MMACTION2_REASONS = {
@@ -85,7 +81,7 @@ _TV_BLOCK = re.compile(r"^(layer\d\.\d+\.)(conv|bn)([12])\.(.+)$")
 
 def torchvision_key(key: str) -> str:
     """RSPNet R3D-18 key → torchvision VideoResNet key (``conv1`` → ``stem.0``, ``layer1.0.bn2`` →
-    ``layer1.0.conv2.1``, ...); raises ExportError on a key with no torchvision counterpart."""
+    ``layer1.0.conv2.1``, ...); raises CheckpointError on a key with no torchvision counterpart."""
     head, _, rest = key.partition(".")
     if head == "conv1":
         return f"stem.0.{rest}"
@@ -95,7 +91,7 @@ def torchvision_key(key: str) -> str:
         return key
     m = _TV_BLOCK.match(key)
     if m is None:
-        raise ExportError(f"export: R3D-18 key {key!r} has no torchvision VideoResNet counterpart")
+        raise CheckpointError(f"export: R3D-18 key {key!r} has no torchvision VideoResNet counterpart")
     prefix, kind, idx, tail = m.groups()
     return f"{prefix}conv{idx}.{0 if kind == 'conv' else 1}.{tail}"
 
@@ -106,4 +102,4 @@ def torchvision_state(backbone: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return {torchvision_key(k): v for k, v in backbone.items()}
 
 
-__all__ = ["LAYOUTS", "ExportError", "refusal", "rspnet_state", "torchvision_key", "torchvision_state"]
+__all__ = ["LAYOUTS", "CheckpointError", "refusal", "rspnet_state", "torchvision_key", "torchvision_state"]

@@ -59,16 +59,17 @@ from pipeline.core.progress import MetricsLog, Progress
 from pipeline.core.runtime import (all_reduce_sum, autocast, deterministic_mode, resolve_amp, stage_device,
                               stop_flag_group, wrap_ddp)
 from student.artifacts import (  # noqa: F401  (load_classifier, read_pretrained_file: re-exported)
-    FinetuneError, build_classifier, classifier_record, load_classifier, read_pretrained, read_pretrained_file,
+    TrainingError, build_classifier, classifier_record, load_classifier, read_pretrained, read_pretrained_file,
     resolve_clip_len)
 from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, non_finite_loss,
                                    restore_rng, save_checkpoint)
 from student.evaluate import check_gathered, gather_scores, rank_positions, score_videos, summarise
 from student.finetune_data import TrainClips
 from student.optim import build_sgd, cosine_schedule, current_lr, multistep_schedule
-from student.protocols import ProtocolError, resolve_protocol, view_aggregation
+from pipeline.core.errors import ConfigError
+from student.protocols import resolve_protocol, view_aggregation
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 VAL_CLIPS = 2  # views per held-out video for epoch selection (cheap; the test protocol uses cfg.evaluate)
 COSINE_FINAL_RATIO = 1e-3  # cosine decays to lr/1000 (as in RSPNet's pretraining schedule)
@@ -95,7 +96,8 @@ def stratified_holdout(entries: Sequence[VideoEntry], fraction: float, seed: int
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, dist: DistInfo, drop_last: bool) -> list[list[int]]:
     """This rank's batches of epoch ``epoch``: DistributedSampler's order (seed + epoch), chunked."""
-    sampler = DistributedSampler(range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
+    sampler: DistributedSampler[int] = DistributedSampler(  # a range is a map-style dataset (len, getitem)
+        range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
     sampler.set_epoch(epoch)
     idx = list(sampler)
     batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
@@ -230,24 +232,24 @@ def _train_entries(manifest: Manifest, manifest_dir: Path) -> list[VideoEntry]:
     entries = manifest.by_split("train")
     bad = [e.id for e in entries if not 0 <= e.label < len(manifest.classes)]
     if not entries:
-        raise FinetuneError(f"manifest {manifest_dir} has no 'train' videos to finetune on")
+        raise TrainingError(f"manifest {manifest_dir} has no 'train' videos to finetune on")
     if bad:
-        raise FinetuneError(f"manifest {manifest_dir}: {len(bad)} train videos have no valid label (first: {bad[:3]})")
+        raise TrainingError(f"manifest {manifest_dir}: {len(bad)} train videos have no valid label (first: {bad[:3]})")
     return entries
 
 
-def _protocol(cfg: Any, model_cfg: Any, manifest: Manifest) -> Any:
+def _protocol(cfg: FinetuneConfig, model_cfg: ModelConfig, manifest: Manifest) -> Any:
     """The protocol for the config; a paper preset named for another dataset falls back to this manifest's."""
     try:
         return resolve_protocol(cfg, model_cfg.backbone)
-    except ProtocolError:
+    except ConfigError:
         if cfg.protocol not in ("auto", "paper", "rspnet") or manifest.dataset == cfg.dataset:
             raise
         return resolve_protocol(cfg, model_cfg.backbone, manifest.dataset)
 
 
 def _select_split(entries: list[VideoEntry], manifest: Manifest, manifest_dir: Path,
-                  cfg: Any) -> tuple[list[int], list[int], str, str, list[VideoEntry]]:
+                  cfg: FinetuneConfig) -> tuple[list[int], list[int], str, str, list[VideoEntry]]:
     """(train positions, held-out positions, select_on, note, videos scored per epoch) for ``cfg.select_on``."""
     select_on, select_note = cfg.select_on, ""
     if select_on == "val":
@@ -263,20 +265,20 @@ def _select_split(entries: list[VideoEntry], manifest: Manifest, manifest_dir: P
     if select_on == "test":
         select_entries = manifest.by_split("test")
         if not select_entries:
-            raise FinetuneError(f"finetune.select_on = 'test' but manifest {manifest_dir} has no test videos")
+            raise TrainingError(f"finetune.select_on = 'test' but manifest {manifest_dir} has no test videos")
         select_note = "epoch chosen on the TEST split (RSPNet's practice): the test accuracy is optimistic"
         log.warning("finetune: %s", select_note)
     return train_pos, val_pos, select_on, select_note, select_entries
 
 
-def _plan(manifest_dir: Path, pretrain_dir: Path | None, model_cfg: Any, cfg: Any, dist: DistInfo,
+def _plan(manifest_dir: Path, pretrain_dir: Path | None, model_cfg: ModelConfig, cfg: FinetuneConfig, dist: DistInfo,
           clip_len: int | None, max_steps_per_epoch: int) -> _Plan:
     manifest = load_manifest(manifest_dir)
     entries = _train_entries(manifest, manifest_dir)
     from_scratch = pretrain_dir is None or cfg.from_scratch
     if pretrain_dir is None and not cfg.from_scratch:
         log.warning("finetune: no pretraining folder given; training from scratch")
-    pretrained = None if from_scratch else read_pretrained(Path(pretrain_dir), model_cfg)
+    pretrained = None if from_scratch or pretrain_dir is None else read_pretrained(Path(pretrain_dir), model_cfg)
     clip_len, clip_len_from = resolve_clip_len(clip_len, pretrained, None if from_scratch else pretrain_dir)
     proto = _protocol(cfg, model_cfg, manifest)
     train_pos, val_pos, select_on, select_note, select_entries = _select_split(entries, manifest, manifest_dir, cfg)
@@ -290,10 +292,81 @@ def _plan(manifest_dir: Path, pretrain_dir: Path | None, model_cfg: Any, cfg: An
                  from_scratch, clip_len, clip_len_from, proto, drop_last, spe, dataset)
 
 
-class _FinetuneRun:
-    """One finetuning run from its resume point: epochs of steps, epoch selection, checkpoints, classifier.pt."""
+class EpochSelector:
+    """Epoch selection (``cfg.select_on``, module docstring): scores the selection videos after each epoch,
+    keeps the best epoch's weights in ``checkpoints/best-eNNNN.pt`` (ties: the earlier epoch), and says
+    which weights classifier.pt gets. Its state (``best``) travels in ``last.pt``."""
 
-    def __init__(self, plan: _Plan, model_cfg: Any, cfg: Any, dist: DistInfo, device: str, out_dir: Path) -> None:
+    def __init__(self, plan: _Plan, model_cfg: ModelConfig, cfg: FinetuneConfig, dist: DistInfo, device: str,
+                 ckpt_dir: Path) -> None:
+        self.plan, self.model_cfg, self.cfg, self.dist, self.device = plan, model_cfg, cfg, dist, device
+        self.ckpt_dir = ckpt_dir
+        self.best: dict[str, Any] = {"epoch": None, "acc": None}
+
+    @property
+    def active(self) -> bool:
+        """False for ``select_on = "last"`` (also after falling back to it): no per-epoch scoring."""
+        return self.plan.select_on in ("val", "test")
+
+    def prune_stray_bests(self) -> None:
+        """Delete best-e*.pt files other than the recorded best (left by a crash between the two writes)."""
+        if self.dist.is_main and self.ckpt_dir.is_dir():
+            keep = _best_path(self.ckpt_dir, self.best["epoch"]).name if self.best["epoch"] else None
+            for stray in self.ckpt_dir.glob("best-e*.pt"):
+                if stray.name != keep:
+                    stray.unlink()
+
+    def select(self, net: torch.nn.Module, epoch: int, record: dict[str, Any]) -> int | None:
+        """Score the selection videos; keep a new best epoch's weights. The old best's epoch to delete, if any."""
+        plan = self.plan
+        acc = _select_score(net, plan.manifest, plan.select_entries, clip_len=plan.clip_len,
+                            input_size=self.model_cfg.input_size, device=self.device, workers=self.cfg.workers,
+                            dist=self.dist, aggregate=view_aggregation(plan.proto.name))
+        record[f"{plan.select_on}_top1"] = acc
+        if not (self.best["acc"] is None or acc > self.best["acc"]):
+            return None
+        previous = self.best["epoch"]
+        self.best = {"epoch": epoch + 1, "acc": acc}
+        if self.dist.is_main:
+            save_checkpoint(_best_path(self.ckpt_dir, epoch + 1),
+                            {"state_dict": net.state_dict(), "epoch": epoch + 1, "acc": acc})
+        return previous
+
+    def delete_best(self, epoch: int | None) -> None:
+        """Remove a superseded best (after last.pt no longer names it)."""
+        if self.dist.is_main and epoch:
+            _best_path(self.ckpt_dir, epoch).unlink(missing_ok=True)
+
+    def chosen(self, net: torch.nn.Module) -> tuple[dict[str, Any], int, float | None]:
+        """(state_dict, epoch, selection accuracy) of the weights classifier.pt gets; the state_dict is
+        read on rank 0 only (the others get {})."""
+        plan, best = self.plan, self.best
+        if plan.select_on == "last" or best["epoch"] is None:
+            return net.state_dict(), plan.proto.epochs, None
+        state_dict = load_checkpoint(_best_path(self.ckpt_dir, best["epoch"]))["state_dict"] if self.dist.is_main \
+            else {}
+        return state_dict, best["epoch"], best["acc"]
+
+    def summary(self, sel_epoch: int, sel_acc: float | None) -> dict[str, Any]:
+        """The selection's part of the stage summary."""
+        plan = self.plan
+        return {
+            "selected_on": plan.select_on, "selected_epoch": sel_epoch, "best_epoch": sel_epoch,
+            "val_acc": sel_acc if plan.select_on == "val" else None,
+            "test_acc_used_for_selection": sel_acc if plan.select_on == "test" else None,
+            "selection_metric": (f"video-level top-1, {VAL_CLIPS} centre-crop clips per video, "
+                                 f"{view_aggregation(plan.proto.name)} averaged"
+                                 if self.active else "none (last epoch)"),
+            "select_note": plan.select_note, "requested_select_on": self.cfg.select_on, "num_val": plan.num_val,
+        }
+
+
+class _FinetuneRun:
+    """One finetuning run from its resume point: epochs of steps, checkpoints, classifier.pt (the loop;
+    :class:`EpochSelector` chooses the epoch)."""
+
+    def __init__(self, plan: _Plan, model_cfg: ModelConfig, cfg: FinetuneConfig, dist: DistInfo, device: str,
+                 out_dir: Path) -> None:
         self.plan, self.model_cfg, self.cfg, self.dist, self.device = plan, model_cfg, cfg, dist, device
         self.out_dir, self.ckpt_dir = out_dir, out_dir / "checkpoints"
         self.last = self.ckpt_dir / "last.pt"
@@ -305,13 +378,13 @@ class _FinetuneRun:
         self.dtype = amp_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
-        self.best: dict[str, Any] = {"epoch": None, "acc": None}
+        self.selector = EpochSelector(plan, model_cfg, cfg, dist, device, self.ckpt_dir)
         self.history: list[dict[str, Any]] = []
         self.resumed_from: dict[str, int] | None = None
         self.resume_sums = [0.0, 0.0, 0.0]
         if self.last.is_file():
             self._resume(load_checkpoint(self.last))
-        self._prune_stray_bests()
+        self.selector.prune_stray_bests()
         self.ddp = self._wrap()
         # the stop flag is all-reduced on the CPU every step: under NCCL that needs a gloo group
         self.stop_group = stop_flag_group(dist, device)
@@ -339,7 +412,7 @@ class _FinetuneRun:
         same_world = state.get("world_size") == dist.world_size
         if (state.get("protocol") != plan.proto.to_dict() or state.get("num_train") != len(plan.train_entries)
                 or (same_world and state.get("steps_per_epoch") != plan.spe)):
-            raise FinetuneError(f"{self.last} was written by a different finetuning setup (protocol, data or steps "
+            raise TrainingError(f"{self.last} was written by a different finetuning setup (protocol, data or steps "
                                 f"per epoch); delete {self.ckpt_dir} to start over")
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -348,7 +421,7 @@ class _FinetuneRun:
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
-        self.best, self.history = dict(state["best"]), list(state["history"])
+        self.selector.best, self.history = dict(state["best"]), list(state["history"])
         restore_rng(state["rng"])
         if not same_world:
             self._replace_schedule(state.get("world_size"))
@@ -370,13 +443,6 @@ class _FinetuneRun:
         self.scheduler.last_epoch = self.global_step
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
-    def _prune_stray_bests(self) -> None:
-        if self.dist.is_main and self.ckpt_dir.is_dir():
-            keep = _best_path(self.ckpt_dir, self.best["epoch"]).name if self.best["epoch"] else None
-            for stray in self.ckpt_dir.glob("best-e*.pt"):
-                if stray.name != keep:
-                    stray.unlink()
-
     def _wrap(self) -> torch.nn.Module:
         if self.dist.distributed and self.device.startswith("cuda"):
             self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
@@ -390,7 +456,7 @@ class _FinetuneRun:
                 "kind": "finetune", "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
                 "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": capture_rng(),
-                "best": self.best, "history": self.history, "protocol": plan.proto.to_dict(),
+                "best": self.selector.best, "history": self.history, "protocol": plan.proto.to_dict(),
                 "num_train": len(plan.train_entries), "steps_per_epoch": plan.spe,
                 "world_size": self.dist.world_size, "epoch_sums": every_sums,
                 "model_config": dataclasses.asdict(self.model_cfg)})
@@ -464,7 +530,7 @@ class _FinetuneRun:
                                   "train_loss": loss_sum / max(count, 1),
                                   "train_top1": correct / max(count, 1), "lr": self.lr_used,
                                   "epoch_s": time.perf_counter() - t0}
-        pending_delete = self.select(epoch, record) if plan.select_on in ("val", "test") else None
+        pending_delete = self.selector.select(self.net, epoch, record) if self.selector.active else None
         self.history.append({k: v for k, v in record.items() if k != "kind"})
         self.metrics.write(**record)
         selected = record.get(f"{plan.select_on}_top1")
@@ -472,35 +538,14 @@ class _FinetuneRun:
                  record["train_loss"], record["train_top1"],
                  f", {plan.select_on} top-1 {selected:.4f}" if selected is not None else "")
         self.save_last(epoch + 1, 0, [0.0, 0.0, 0.0])
-        if self.dist.is_main and pending_delete:
-            _best_path(self.ckpt_dir, pending_delete).unlink(missing_ok=True)
+        self.selector.delete_best(pending_delete)
         if stopper.agreed(self.stop_group) and epoch + 1 < plan.proto.epochs:
             raise TrainingInterrupted(stopper.signal_name, self.last, epoch + 2, 0)
 
-    def select(self, epoch: int, record: dict[str, Any]) -> int | None:
-        """Score the selection videos; keep a new best epoch's weights. The old best's epoch to delete, if any."""
-        plan = self.plan
-        acc = _select_score(self.net, plan.manifest, plan.select_entries, clip_len=plan.clip_len,
-                            input_size=self.model_cfg.input_size, device=self.device, workers=self.cfg.workers,
-                            dist=self.dist, aggregate=view_aggregation(plan.proto.name))
-        record[f"{plan.select_on}_top1"] = acc
-        if not (self.best["acc"] is None or acc > self.best["acc"]):
-            return None
-        previous = self.best["epoch"]
-        self.best = {"epoch": epoch + 1, "acc": acc}
-        if self.dist.is_main:
-            save_checkpoint(_best_path(self.ckpt_dir, epoch + 1),
-                            {"state_dict": self.net.state_dict(), "epoch": epoch + 1, "acc": acc})
-        return previous
-
     def finish(self) -> dict[str, Any]:
         """Write classifier.pt (the selected epoch's weights; rank 0) and return the stage summary."""
-        plan, best, dist = self.plan, self.best, self.dist
-        if plan.select_on == "last" or best["epoch"] is None:
-            state_dict, sel_epoch, sel_acc = self.net.state_dict(), plan.proto.epochs, None
-        else:
-            state_dict = load_checkpoint(_best_path(self.ckpt_dir, best["epoch"]))["state_dict"] if dist.is_main else {}
-            sel_epoch, sel_acc = best["epoch"], best["acc"]
+        plan, dist = self.plan, self.dist
+        state_dict, sel_epoch, sel_acc = self.selector.chosen(self.net)
         summary = self._summary(sel_epoch, sel_acc)
         if dist.is_main:
             save_checkpoint(self.out_dir / "classifier.pt", classifier_record(
@@ -514,14 +559,7 @@ class _FinetuneRun:
         plan, proto = self.plan, self.plan.proto
         return {
             "epochs": proto.epochs, "steps_per_epoch": plan.spe, "global_steps": self.global_step,
-            "selected_on": plan.select_on, "selected_epoch": sel_epoch, "best_epoch": sel_epoch,
-            "val_acc": sel_acc if plan.select_on == "val" else None,
-            "test_acc_used_for_selection": sel_acc if plan.select_on == "test" else None,
-            "selection_metric": (f"video-level top-1, {VAL_CLIPS} centre-crop clips per video, "
-                                 f"{view_aggregation(proto.name)} averaged"
-                                 if plan.select_on in ("val", "test") else "none (last epoch)"),
-            "select_note": plan.select_note, "requested_select_on": self.cfg.select_on,
-            "num_train": len(plan.train_entries), "num_val": plan.num_val,
+            **self.selector.summary(sel_epoch, sel_acc), "num_train": len(plan.train_entries),
             "num_classes": len(plan.manifest.classes), "protocol": proto.to_dict(),
             "from_scratch": plan.from_scratch, "clip_len": plan.clip_len, "clip_len_from": plan.clip_len_from,
             "input_size": self.model_cfg.input_size, "world_size": self.dist.world_size,

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from data_manifests.manifest import Manifest, VideoEntry
 from data_manifests.video import read_frames
+from pipeline.core.errors import ConfigError
 from student.transforms import sample_crop
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -32,7 +33,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 ASPECT = (3 / 4, 4 / 3)
 
 
-def clip_indices(start: int, clip_len: int, num_frames: int) -> list[int]:
+def consecutive_frames(start: int, clip_len: int, num_frames: int) -> list[int]:
     """``clip_len`` consecutive frames from ``start``, clamped to the last frame."""
     last = max(num_frames - 1, 0)
     return [min(start + i, last) for i in range(clip_len)]
@@ -95,7 +96,7 @@ def train_clip(frames_of: "FrameSource", num_frames: int, clip_len: int, input_s
                crop_area: Sequence[float], rng: np.random.Generator) -> torch.Tensor:
     """One augmented training clip (3, T, S, S)."""
     start = random_train_start(num_frames, clip_len, rng)
-    frames = frames_of(clip_indices(start, clip_len, num_frames))
+    frames = frames_of(consecutive_frames(start, clip_len, num_frames))
     box = random_resized_box(frames.shape[1], frames.shape[2], crop_area, rng)
     clip = crop_resize(frames, box, input_size)
     if rng.random() < 0.5:
@@ -109,14 +110,14 @@ def multi_views(frames_of: "FrameSource", num_frames: int, clip_len: int, input_
     starts = view_starts(num_frames, clip_len, clips)
     views = list(range(clips * crops)) if views is None else list(views)
     wanted = sorted({v // crops for v in views})
-    needed = sorted({i for c in wanted for i in clip_indices(starts[c], clip_len, num_frames)})
+    needed = sorted({i for c in wanted for i in consecutive_frames(starts[c], clip_len, num_frames)})
     decoded = frames_of(needed)
     pos = {f: i for i, f in enumerate(needed)}
     h, w = short_side_size(decoded.shape[1], decoded.shape[2], input_size)
     boxes = view_crop_boxes(h, w, input_size, crops)
     per_clip: dict[int, np.ndarray] = {}
     for c in wanted:
-        idx = [pos[f] for f in clip_indices(starts[c], clip_len, num_frames)]
+        idx = [pos[f] for f in consecutive_frames(starts[c], clip_len, num_frames)]
         per_clip[c] = resize_frames(decoded[idx], (h, w))
     out = []
     for v in views:
@@ -142,7 +143,7 @@ class TrainClips(Dataset):
                  crop_area: Sequence[float], seed: int) -> None:
         lo, hi = crop_area
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"finetune.crop_area must be [min, max] with 0 < min <= max <= 1, got {list(crop_area)}")
+            raise ConfigError(f"finetune.crop_area must be [min, max] with 0 < min <= max <= 1, got {list(crop_area)}")
         self.manifest, self.entries = manifest, list(entries)
         self.clip_len, self.input_size, self.crop_area, self.seed = clip_len, input_size, (lo, hi), seed
         self.epoch = 0

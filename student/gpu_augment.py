@@ -30,7 +30,8 @@ _GRAY = COLOUR_FIELDS.index("grayscale")
 
 
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return adjust_hue(x, shift.view(-1, *([1] * (x.dim() - 2))))  # hue acts on (n, T, H, W) planes
+    # hue acts on (n, T, H, W) planes; torchvision takes a tensor of per-sample shifts, though typed float
+    return adjust_hue(x, shift.view(-1, *([1] * (x.dim() - 2))))  # type: ignore[arg-type]
 
 
 def _scaled(op: Callable[[torch.Tensor, Any], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

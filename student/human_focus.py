@@ -23,7 +23,7 @@ import torch
 from data_manifests.synthetic.masks import load_part_masks, mask_path_for
 from data_manifests.video import count_frames, read_frames
 from student.cam import centred_start, clip_cam, overlay, strip_indices
-from student.finetune_data import clip_indices, resize_frames, short_side_size, to_tensor
+from student.finetune_data import consecutive_frames, resize_frames, short_side_size, to_tensor
 
 
 def focus_share(heat: np.ndarray, person: np.ndarray) -> float:
@@ -39,7 +39,7 @@ def _clip_with_mask(video: Path, clip_len: int) -> tuple[np.ndarray, np.ndarray]
     if not masks_file.is_file():
         raise FileNotFoundError(f"{video}: no part masks at {masks_file} (human focus needs the synthetic data)")
     n = count_frames(video)
-    idx = clip_indices(centred_start(n, clip_len), clip_len, n)
+    idx = consecutive_frames(centred_start(n, clip_len), clip_len, n)
     return read_frames(video, idx), load_part_masks(video, idx) > 0
 
 

@@ -21,17 +21,14 @@ import torch.nn.functional as F
 
 from data_manifests.manifest import VideoEntry, load_manifest
 from pipeline.core.distributed import DistInfo
-from pipeline.core.errors import UserError
+from pipeline.core.errors import StageError
 from pipeline.core.runtime import stage_device
 from student.artifacts import resolve_clip_len
 from student.metrics import topk_accuracy, topk_indices
+from student.model import MultiTaskStudent
 from student.retrieval import gather_features, load_student, video_features
 
-log = logging.getLogger("pipeline")
-
-
-class LinearProbeError(UserError, RuntimeError):
-    """The linear probe cannot run on this manifest (no labelled train or test videos)."""
+log = logging.getLogger(__name__)
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -70,13 +67,13 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
 
 def _labelled(manifest_dir: Path, split: str, entries: Sequence[VideoEntry]) -> None:
     if not entries:
-        raise LinearProbeError(f"manifest {manifest_dir} has no {split} videos")
+        raise StageError(f"manifest {manifest_dir} has no {split} videos")
     bad = [e.id for e in entries if e.label < 0]
     if bad:
-        raise LinearProbeError(f"manifest {manifest_dir}: {len(bad)} {split} videos have no label (first: {bad[:3]})")
+        raise StageError(f"manifest {manifest_dir}: {len(bad)} {split} videos have no label (first: {bad[:3]})")
 
 
-def _features(student: torch.nn.Module, manifest: Any, entries: Sequence[VideoEntry], what: str, *, dist: DistInfo,
+def _features(student: MultiTaskStudent, manifest: Any, entries: Sequence[VideoEntry], what: str, *, dist: DistInfo,
               clip_len: int, input_size: int, cfg: Any, device: str) -> torch.Tensor:
     mine = list(range(dist.rank, len(entries), dist.world_size))
     local = video_features(student, manifest, entries, mine, clip_len=clip_len, input_size=input_size,
@@ -127,4 +124,4 @@ def linear_probe(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any
     return result
 
 
-__all__ = ["LinearProbeError", "fit_logistic", "linear_probe", "standardise"]
+__all__ = ["StageError", "fit_logistic", "linear_probe", "standardise"]

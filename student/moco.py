@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.distributed import all_gather_tensor
+from pipeline.core.errors import ConfigError
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -80,6 +81,10 @@ class KeyQueue(nn.Module):
     "negatives" and the instance-discrimination loss pushes it away from itself.
     """
 
+    queue: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    ids: torch.Tensor
+    ptr: torch.Tensor
+
     def __init__(self, dim: int, size: int) -> None:
         super().__init__()
         if size < 1 or dim < 1:
@@ -125,8 +130,8 @@ def trimmed_queue_size(queue_size: int, global_batch: int) -> int:
         raise ValueError(f"global batch must be >= 1, got {global_batch}")
     trimmed = (queue_size // global_batch) * global_batch
     if trimmed < global_batch:
-        raise ValueError(f"pretrain.queue_size = {queue_size} is smaller than one global batch of {global_batch} "
-                         f"clips: raise it to at least {global_batch}")
+        raise ConfigError(f"pretrain.queue_size = {queue_size} is smaller than one global batch of {global_batch} "
+                          f"clips: raise it to at least {global_batch}")
     return trimmed
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -37,11 +38,11 @@ class _BranchEncoder(nn.Module):
             self._modules["h_h"] = h_h
 
     @property
-    def h_h(self) -> nn.Module | None:
+    def h_h(self) -> BackbonePart | None:
         """The human-prior encoder: its own module, ``h_c`` itself (TI), or None (w/o KD)."""
         own = self._modules.get("h_h")
         if own is not None:
-            return own
+            return cast(BackbonePart, own)
         return self.h_c if self._h_h_is_h_c else None
 
     def highs(self) -> list[nn.Module]:

@@ -32,12 +32,12 @@ from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import load_manifest
 from pipeline.core.config import ClipsConfig, ModelConfig, PretrainConfig
 from pipeline.core.distributed import DistInfo, all_gather_objects, barrier, is_distributed
-from pipeline.core.errors import UserError
+from pipeline.core.errors import CheckpointError, TrainingError
 from pipeline.core.progress import MetricsLog, Progress
 from pipeline.core.runtime import (all_reduce_mean, autocast, deterministic_mode, resolve_amp, stage_device,
                               stop_flag_group, wrap_ddp)
-from student.checkpointing import (TrainStateError, GracefulStop, TrainingInterrupted, capture_rng,
-                                   load_checkpoint, non_finite_loss, restore_rng, save_checkpoint)
+from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, non_finite_loss,
+                                   restore_rng, save_checkpoint)
 from student.optim import build_sgd, cosine_schedule, current_lr, scaled_lr
 from student.pretrain_data import (PretrainClipDataset, build_pretrain_loader, clips_with_maps, shutdown_workers,
                                   steps_per_epoch)
@@ -45,19 +45,10 @@ from student.gpu_augment import batch_clips
 from student.moco import trimmed_queue_size
 from student.pretrain_model import PretrainModel
 
-log = logging.getLogger("pipeline.pretrain")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 METRIC_KEYS = ("loss", "loss_kd", "loss_rsp", "loss_avid", "acc_rsp", "acc_avid_pos", "acc_avid_neg")
-
-
-class PretrainInputError(UserError, ValueError):
-    """Pretraining cannot start with these inputs (model.kd without a teacher cache, a cache with no
-    map for this clip plan); the message says what to run or set."""
-
-
-class InitFromNotFound(UserError, FileNotFoundError):
-    """``pretrain.init_from`` names a file that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -139,12 +130,12 @@ def init_from_checkpoint(pm: PretrainModel, path: str) -> None:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise InitFromNotFound(f"pretrain.init_from: {p} does not exist; point it at a student.pt or an "
-                               f"RSPNet checkpoint, or set it to \"\" to start from random weights")
+        raise CheckpointError(f"pretrain.init_from: {p} does not exist; point it at a student.pt or an "
+                              f"RSPNet checkpoint, or set it to \"\" to start from random weights")
     try:
         load_encoders(pm.student, p)
     except Exception as exc:  # noqa: BLE001 - any unusable file: one error naming it and the key
-        raise TrainStateError(f"pretrain.init_from: {p} cannot be used ({type(exc).__name__}: "
+        raise CheckpointError(f"pretrain.init_from: {p} cannot be used ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     s = pm.student
     momentum_update((s.f_l, s.h_c, s.g_m, s.g_a), pm.key_encoder.parts(), 0.0)  # θ_k ← θ_q
@@ -179,17 +170,17 @@ _RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "lr", "momentum", "weight_d
 def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], world: int, spe: int) -> None:
     """A checkpoint from a different configuration or process layout cannot continue exactly: refuse clearly."""
     if state.get("format") != CHECKPOINT_FORMAT or state.get("kind") != "pretrain":
-        raise TrainStateError(f"{path} is not a pretraining checkpoint (format {state.get('format')}, kind "
+        raise CheckpointError(f"{path} is not a pretraining checkpoint (format {state.get('format')}, kind "
                               f"{state.get('kind')!r}); delete it to start over")
     old = state.get("config", {})
     diffs = [f"{sec}" for sec in _RESUME_KEYS if old.get(sec) != config[sec]]
     diffs += [f"pretrain.{k}" for k in _RESUME_PRETRAIN_SEMANTIC
               if old.get("pretrain", {}).get(k) != config["pretrain"][k]]
     if diffs:
-        raise TrainStateError(f"{path} was written with a different configuration ({', '.join(diffs)}); "
+        raise CheckpointError(f"{path} was written with a different configuration ({', '.join(diffs)}); "
                               f"delete it to start over")
     if state.get("world_size") != world or state.get("steps_per_epoch") != spe:
-        raise TrainStateError(
+        raise CheckpointError(
             f"{path} was written by {state.get('world_size')} process(es) with {state.get('steps_per_epoch')} "
             f"steps per epoch; this run has {world} process(es) and {spe} steps per epoch. Resume with the "
             f"same number of processes (exact continuation needs the same global batch), or delete it to start over")
@@ -238,15 +229,15 @@ def _with_teacher_maps(plan: list, cache_dir: Path | None, cfg: PretrainConfig, 
                        dataset_name: str) -> tuple[list, Any, list[str], int]:
     """(clips that have a teacher map, the cache, its label names, clips dropped) for ``model.kd``."""
     if cache_dir is None:
-        raise PretrainInputError("model.kd is on but no teacher cache was given (run `pipeline teacher-cache`, "
-                                 "or set model.kd = false)")
+        raise TrainingError("model.kd is on but no teacher cache was given (run `pipeline teacher-cache`, "
+                            "or set model.kd = false)")
     from teacher.cache_reader import TeacherCache
 
     cache = TeacherCache(cache_dir)
     kept = clips_with_maps(plan, cache, cfg.max_missing_maps)  # refuses when a shard is gone
     dropped = len(plan) - len(kept)
     if not kept:
-        raise PretrainInputError(f"teacher cache {cache_dir} has no map for any clip of the {dataset_name} clip plan "
+        raise TrainingError(f"teacher cache {cache_dir} has no map for any clip of the {dataset_name} clip plan "
                          f"({len(plan)} clips): was it built from this manifest and clip settings?")
     if dropped and dist.is_main:
         log.warning("pretrain: %d of %d clips have no teacher map (their frames failed to decode in the "
@@ -258,7 +249,8 @@ def _load_data(manifest_dir: Path, cache_dir: Path | None, model_cfg: ModelConfi
                clips: ClipsConfig, dist: DistInfo, device: torch.device) -> _Data:
     manifest = load_manifest(manifest_dir)
     plan = build_clip_plan(manifest, clips.anchors_per_video, clips.span, clips.splits)
-    cache, label_names, dropped = None, [], 0
+    cache, dropped = None, 0
+    label_names: list[str] = []
     if model_cfg.kd:
         plan, cache, label_names, dropped = _with_teacher_maps(plan, cache_dir, cfg, dist, manifest.dataset)
     dataset = PretrainClipDataset(manifest, plan, cache, model_cfg, clips, crop_area=cfg.crop_area, seed=cfg.seed,

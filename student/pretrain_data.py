@@ -31,20 +31,11 @@ from data_manifests.clip_plan import Clip, clip_indices, window_indices
 from data_manifests.manifest import Manifest
 from data_manifests.video import read_frames
 from pipeline.core.config import ClipsConfig, ModelConfig
-from pipeline.core.errors import UserError
+from pipeline.core.errors import TeacherCacheError, TrainingError
 from pipeline.core.lifetime import die_with_parent
 from student.transforms import ClipAugment, colour_vector
 
 FrameReader = Callable[..., np.ndarray]
-
-
-class PretrainDataError(UserError, ValueError):
-    """The pretraining data cannot be built from these settings (speeds, clip plan, batch size);
-    the message names the key to change."""
-
-
-class MissingMapsError(UserError, ValueError):
-    """Too many clips of the plan have no teacher map: a shard is missing or the cache is another's."""
 
 
 @dataclass(frozen=True)
@@ -102,22 +93,22 @@ class PretrainClipDataset(Dataset):
                  augment_device: str = "cpu") -> None:
         speeds = sorted(set(int(s) for s in clips_cfg.speeds))
         if len(speeds) < 2:
-            raise PretrainDataError(f"pretraining needs at least two distinct clips.speeds for the relative-speed "
-                                    f"task, got {list(clips_cfg.speeds)}")
+            raise TrainingError(f"pretraining needs at least two distinct clips.speeds for the relative-speed "
+                                f"task, got {list(clips_cfg.speeds)}")
         if model_cfg.kd and cache is None:
-            raise PretrainDataError("model.kd is on but no teacher cache was given (build the teacher-cache stage, "
-                                    "or set model.kd = false)")
+            raise TrainingError("model.kd is on but no teacher cache was given (build the teacher-cache stage, "
+                                "or set model.kd = false)")
         self.manifest = manifest
         self.videos = group_plan(plan)
         if not self.videos:
-            raise PretrainDataError(f"the clip plan of dataset {manifest.dataset!r} is empty: no videos to pretrain on")
+            raise TrainingError(f"the clip plan of dataset {manifest.dataset!r} is empty: no videos to pretrain on")
         self.cache = cache if model_cfg.kd else None
         self.clip_len = int(clips_cfg.clip_len)
         self.speeds = speeds
         self.parse_size = int(model_cfg.parse_size)
         self.augment = augment or ClipAugment(model_cfg.input_size, area=tuple(crop_area))
         if augment_device not in ("cpu", "gpu"):
-            raise PretrainDataError(f"pretrain.augment_device: {augment_device!r} is not one of 'cpu', 'gpu'")
+            raise TrainingError(f"pretrain.augment_device: {augment_device!r} is not one of 'cpu', 'gpu'")
         self.augment_device = augment_device  # "gpu": uint8 clips + colour parameters (student/gpu_augment.py)
         self.seed = int(seed)
         self.reader = reader
@@ -300,8 +291,8 @@ def build_pretrain_loader(dataset: PretrainClipDataset, batch_size: int, workers
     sampler = EpochSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, batch_size=batch_size,
                            num_speeds=len(dataset.speeds))
     if sampler.num_samples < batch_size:
-        raise PretrainDataError(f"{len(dataset)} videos over {world_size} process(es) give {sampler.num_samples} "
-                                f"per process, fewer than one batch of {batch_size}: lower pretrain.batch_size")
+        raise TrainingError(f"{len(dataset)} videos over {world_size} process(es) give {sampler.num_samples} "
+                            f"per process, fewer than one batch of {batch_size}: lower pretrain.batch_size")
     # A private generator: creating an iterator must not consume the global torch RNG (exact resume).
     generator = torch.Generator().manual_seed(int(seed) * 1009 + rank)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
@@ -327,10 +318,10 @@ def clips_with_maps(plan: Sequence[Clip], cache: Any, max_missing: float) -> lis
     missing = len(plan) - len(kept)
     if missing and missing > max_missing * len(plan):
         first = next(i for i, c in enumerate(plan) if not cache.has(c.clip_id))
-        raise MissingMapsError(f"teacher cache {cache.cache_dir}: {missing} of {len(plan)} clips "
-                               f"({100 * missing / len(plan):.1f}%, more than pretrain.max_missing_maps = "
-                               f"{max_missing:g}) have no map; {_missing_shard(cache, first)}. Rebuild it with "
-                               f"`pipeline teacher-cache` (or raise pretrain.max_missing_maps to train without them)")
+        raise TeacherCacheError(f"teacher cache {cache.cache_dir}: {missing} of {len(plan)} clips "
+                                f"({100 * missing / len(plan):.1f}%, more than pretrain.max_missing_maps = "
+                                f"{max_missing:g}) have no map; {_missing_shard(cache, first)}. Rebuild it with "
+                                f"`pipeline teacher-cache` (or raise pretrain.max_missing_maps to train without them)")
     return kept
 
 

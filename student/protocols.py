@@ -36,13 +36,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import ConfigError
 
 STEP_GAMMA = 0.1  # lr multiplier at each milestone of a "step" schedule
-
-
-class ProtocolError(UserError, ValueError):
-    """A finetuning protocol cannot be resolved (unknown preset, missing value): the config is at fault."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ def preset(backbone: str, dataset: str, family: str = "rspnet") -> FinetuneProto
     table = FAMILIES[family]
     if key not in table:
         known = ", ".join(f"{b}/{d}" for b, d in table)
-        raise ProtocolError(
+        raise ConfigError(
             f"finetune.protocol: the {family} protocol has no finetuning preset for backbone {backbone!r} on "
             f"dataset {dataset!r} (presets: {known}); set finetune.protocol = \"custom\" and give "
             f"finetune.epochs, batch_size, lr and schedule (and milestones for a step schedule)")
@@ -113,21 +109,21 @@ def _named_preset(name: str, backbone: str, dataset: str) -> FinetuneProtocol:
         b, _, d = rest.partition("/")
         return preset(b, d, family)
     presets = ", ".join(f"{b}/{d}" for b, d in PRESETS)
-    raise ProtocolError(f"finetune.protocol: {name!r} is not 'auto', 'paper', 'rspnet', 'custom' or a preset "
-                        f"'[paper:|rspnet:]<backbone>/<dataset>' (presets: {presets})")
+    raise ConfigError(f"finetune.protocol: {name!r} is not 'auto', 'paper', 'rspnet', 'custom' or a preset "
+                      f"'[paper:|rspnet:]<backbone>/<dataset>' (presets: {presets})")
 
 
 def _check(p: FinetuneProtocol) -> FinetuneProtocol:
     where = f"finetune protocol {p.name!r}"
     if p.schedule not in ("cosine", "step"):
-        raise ProtocolError(f"{where}: schedule must be 'cosine' or 'step', got {p.schedule!r}")
+        raise ConfigError(f"{where}: schedule must be 'cosine' or 'step', got {p.schedule!r}")
     if p.schedule == "step" and not p.milestones:
-        raise ProtocolError(f"{where}: a step schedule needs finetune.milestones (epochs at which lr is x{p.gamma})")
+        raise ConfigError(f"{where}: a step schedule needs finetune.milestones (epochs at which lr is x{p.gamma})")
     if list(p.milestones) != sorted(set(p.milestones)) or any(m < 1 for m in p.milestones):
-        raise ProtocolError(f"{where}: milestones must be increasing positive epochs, got {list(p.milestones)}")
+        raise ConfigError(f"{where}: milestones must be increasing positive epochs, got {list(p.milestones)}")
     if p.epochs < 1 or p.batch_size < 1 or p.lr <= 0:
-        raise ProtocolError(f"{where}: epochs, batch_size and lr must be positive "
-                            f"(got {p.epochs}, {p.batch_size}, {p.lr})")
+        raise ConfigError(f"{where}: epochs, batch_size and lr must be positive "
+                          f"(got {p.epochs}, {p.batch_size}, {p.lr})")
     return p
 
 
@@ -144,13 +140,13 @@ def resolve_protocol(cfg: Any, backbone: str, dataset: str | None = None) -> Fin
         if given.get("schedule") == "step" and "milestones" not in given:
             missing.append("milestones")
         if missing:
-            raise ProtocolError(
+            raise ConfigError(
                 "finetune.protocol = \"custom\" takes every value from the config, but "
                 + ", ".join(f"finetune.{k}" for k in missing)
                 + (" is" if len(missing) == 1 else " are") + " not set (0 / empty means unset)")
         return _check(FinetuneProtocol("custom", **given, **common))
     base = _named_preset(name, backbone, dataset)
-    fields_ = {"epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr,
+    fields_: dict[str, Any] = {"epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr,
                "schedule": base.schedule, "milestones": base.milestones}
     if given.get("schedule") == "cosine" and "milestones" not in given:
         fields_["milestones"] = ()

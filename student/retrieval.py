@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest
 from pipeline.core.distributed import DistInfo, all_gather_objects
-from pipeline.core.errors import UserError
+from pipeline.core.errors import StageError
 from pipeline.core.lifetime import DieWithParent
 from pipeline.core.progress import Progress
 from pipeline.core.runtime import stage_device
@@ -31,18 +31,14 @@ from student.finetune_data import ViewChunks
 from student.metrics import recall_at_k
 from student.model import MultiTaskStudent, load_encoders
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 RSPNET_C3D_REFERENCE = {"source": "RSPNet C3D, UCF101 split 1 (reference/FACTS.md); fractions, RSPNet prints percent",
                         "recall": {"R@1": 0.360, "R@5": 0.567, "R@10": 0.665, "R@20": 0.763, "R@50": 0.877}}
 
 
-class RetrievalError(UserError, RuntimeError):
-    """Retrieval cannot run or its gathered features are inconsistent."""
-
-
 @torch.no_grad()
-def video_features(encoder: torch.nn.Module, manifest: Manifest, entries: Sequence[VideoEntry],
+def video_features(encoder: MultiTaskStudent, manifest: Manifest, entries: Sequence[VideoEntry],
                    positions: Sequence[int], *, clip_len: int, input_size: int, clips: int, device: str,
                    workers: int = 0, progress: bool = True, desc: str = "features") -> dict[int, np.ndarray]:
     """{position: mean representation over ``clips`` centre-crop clips} (float64) for ``positions``."""
@@ -57,8 +53,8 @@ def video_features(encoder: torch.nn.Module, manifest: Manifest, entries: Sequen
         for pos, first, views in loader:
             if int(first) != 0 or len(views) != clips:
                 last = int(first) + len(views) - 1
-                raise RetrievalError(f"video {sub[int(pos)].id}: got views {int(first)}..{last}, "
-                                     f"expected all {clips} at once")
+                raise StageError(f"video {sub[int(pos)].id}: got views {int(first)}..{last}, "
+                                 f"expected all {clips} at once")
             with inference_autocast(device):
                 feats = encoder.representation(views.to(device, non_blocking=True)).double().mean(0)
             out[positions[int(pos)]] = feats.cpu().numpy()
@@ -72,11 +68,11 @@ def gather_features(local: dict[int, np.ndarray], entries: Sequence[VideoEntry],
     for part in all_gather_objects(local):
         for pos, f in part.items():
             if pos in merged:
-                raise RetrievalError(f"{what} video {entries[pos].id!r} was computed by more than one rank")
+                raise StageError(f"{what} video {entries[pos].id!r} was computed by more than one rank")
             merged[pos] = f
     missing = [entries[p].id for p in range(len(entries)) if p not in merged]
     if missing:
-        raise RetrievalError(f"{len(missing)} {what} videos have no feature (first: {missing[:5]})")
+        raise StageError(f"{len(missing)} {what} videos have no feature (first: {missing[:5]})")
     return torch.from_numpy(np.stack([merged[p] for p in range(len(entries))]))
 
 
@@ -87,7 +83,7 @@ def load_student(pretrain_dir: Path, device: str) -> tuple[MultiTaskStudent, dic
     try:
         load_encoders(student, ckpt)
     except ValueError as err:
-        raise RetrievalError(f"{pretrain_dir}/student.pt does not fit its own model_config: {err}") from None
+        raise StageError(f"{pretrain_dir}/student.pt does not fit its own model_config: {err}") from None
     return student.to(device).eval(), {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
@@ -103,10 +99,10 @@ def retrieval(manifest_dir: Path, pretrain_dir: Path, out_dir: Path, cfg: Any, *
     queries, gallery = manifest.by_split("test"), manifest.by_split("train")
     for what, entries in (("test (query)", queries), ("train (gallery)", gallery)):
         if not entries:
-            raise RetrievalError(f"manifest {manifest_dir} has no {what} videos")
+            raise StageError(f"manifest {manifest_dir} has no {what} videos")
         bad = [e.id for e in entries if e.label < 0]
         if bad:
-            raise RetrievalError(f"manifest {manifest_dir}: {len(bad)} {what} videos have no label (first: {bad[:3]})")
+            raise StageError(f"manifest {manifest_dir}: {len(bad)} {what} videos have no label (first: {bad[:3]})")
     device = stage_device(cfg.device, dist)
     student, meta = load_student(Path(pretrain_dir), device)
     clip_len, clip_len_from = resolve_clip_len(clip_len, meta, Path(pretrain_dir))

@@ -14,16 +14,13 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import ConfigError
 from pipeline.core.runtime import cpu_has_native_bf16  # noqa: F401  (re-exported: bench/teacher_cache.py)
 from pipeline.core.runtime import resolve_amp as runtime_amp
 from teacher.labels import LABEL_SETS, input_size as label_input_size
 
-log = logging.getLogger("teacher")
+log = logging.getLogger(__name__)
 
-
-class TeacherConfigError(UserError, ValueError):
-    """A [teacher] setting the backend cannot work with; the message names the key."""
 
 Loader = Callable[[Path, Sequence[int]], np.ndarray]
 
@@ -79,9 +76,9 @@ class SchpBackend:
         from teacher.checkpoint import load_schp
 
         if not str(checkpoint):
-            raise TeacherConfigError("teacher.checkpoint is empty: set it to a released SCHP checkpoint (.pth) for "
-                                     "the 'schp' backend, e.g. "
-                                     "--set teacher.checkpoint=/path/to/exp-schp-201908261155-lip.pth")
+            raise ConfigError("teacher.checkpoint is empty: set it to a released SCHP checkpoint (.pth) for "
+                              "the 'schp' backend, e.g. "
+                              "--set teacher.checkpoint=/path/to/exp-schp-201908261155-lip.pth")
         self.label_set = labels
         self.labels = list(LABEL_SETS[labels])
         self.num_classes = len(self.labels)
@@ -126,8 +123,8 @@ class RenderedBackend:
         try:  # surface a bad setting now, not as a failure of the first batch
             rendered_maps(np.zeros((1, 2, 2), np.uint8), self.num_classes, map_size, softness)
         except ValueError as exc:
-            raise TeacherConfigError(f"teacher config (rendered backend): {exc}; check teacher.softness and "
-                                     f"teacher.map_size") from None
+            raise ConfigError(f"teacher config (rendered backend): {exc}; check teacher.softness and "
+                              f"teacher.map_size") from None
 
     @property
     def loader(self) -> Loader:
@@ -149,7 +146,7 @@ def backend_labels(backend: str, labels: str) -> tuple[str, list[str]]:
         return "pascal", list(LABEL_SETS["pascal"])
     if backend == "schp":
         return labels, list(LABEL_SETS[labels])
-    raise TeacherConfigError(f"teacher.backend: unknown backend {backend!r}; expected 'schp' or 'rendered'")
+    raise ConfigError(f"teacher.backend: unknown backend {backend!r}; expected 'schp' or 'rendered'")
 
 
 def input_loader(backend: str) -> Loader:
@@ -158,7 +155,7 @@ def input_loader(backend: str) -> Loader:
         return load_masks
     if backend == "schp":
         return load_frames_bgr
-    raise TeacherConfigError(f"teacher.backend: unknown backend {backend!r}; expected 'schp' or 'rendered'")
+    raise ConfigError(f"teacher.backend: unknown backend {backend!r}; expected 'schp' or 'rendered'")
 
 
 def make_backend(backend: str, *, checkpoint: str = "", labels: str = "lip", map_size: int = 64,
@@ -172,4 +169,4 @@ def make_backend(backend: str, *, checkpoint: str = "", labels: str = "lip", map
         if labels != "pascal":
             log.info("rendered teacher: maps use the Pascal-Person-Part labels (teacher.labels=%r ignored)", labels)
         return RenderedBackend(map_size=map_size, softness=softness)
-    raise TeacherConfigError(f"teacher.backend: unknown backend {backend!r}; expected 'schp' or 'rendered'")
+    raise ConfigError(f"teacher.backend: unknown backend {backend!r}; expected 'schp' or 'rendered'")

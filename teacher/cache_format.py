@@ -26,17 +26,13 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
-from pipeline.core.errors import DiskFullError, UserError, disk_full_error, is_disk_full
+from pipeline.core.errors import DiskFullError, TeacherCacheError, disk_full_error, is_disk_full
 from pipeline.core.files import replace_durably
 
 FORMAT_VERSION = 1
 SUM_TOLERANCE = 1e-2  # per-pixel |sum_c p - 1| allowed for a valid row (float16 storage)
 SHARD_GLOB = "shard-*.h5"
 _STR = h5py.string_dtype("utf-8")
-
-
-class CacheFormatError(UserError, ValueError):
-    """A shard that is not a valid teacher-cache shard; the message names the file and the problem."""
 
 
 def shard_name(index: int) -> str:
@@ -91,7 +87,7 @@ def read_meta(f: h5py.File) -> ShardMeta:
             checkpoint_sha256=_attr_str(a["checkpoint_sha256"]),
         )
     except KeyError as exc:
-        raise CacheFormatError(f"teacher-cache shard {f.filename}: missing attribute {exc}") from None
+        raise TeacherCacheError(f"teacher-cache shard {f.filename}: missing attribute {exc}") from None
 
 
 def read_ids(f: h5py.File) -> list[str]:
@@ -223,7 +219,7 @@ def write_shard(path: str | Path, meta: ShardMeta, clip_ids: Sequence[str], fram
 
 def verify_shard(path: str | Path, *, expected_ids: Sequence[str] | None = None,
                  fingerprint: str | None = None, full: bool = True, block: int = 64) -> None:
-    """Raise :class:`CacheFormatError` naming the file unless the shard is sound.
+    """Raise :class:`TeacherCacheError` naming the file unless the shard is sound.
 
     Cheap checks (``full=False``): it opens, has every dataset and attribute, the fingerprint and the
     ids match, shapes agree. Full: every map is read (fletcher32 checked by HDF5), finite, in
@@ -235,29 +231,29 @@ def verify_shard(path: str | Path, *, expected_ids: Sequence[str] | None = None,
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as exc:
-        raise CacheFormatError(f"{name}: cannot be opened as HDF5 ({exc})") from None
+        raise TeacherCacheError(f"{name}: cannot be opened as HDF5 ({exc})") from None
     with f:
         for key in ("maps", "clip_ids", "frames", "valid", "errors"):
             if key not in f:
-                raise CacheFormatError(f"{name}: dataset {key!r} is missing")
+                raise TeacherCacheError(f"{name}: dataset {key!r} is missing")
         meta = read_meta(f)
         version = int(f.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
-            raise CacheFormatError(f"{name}: format_version {version}, this code reads {FORMAT_VERSION}")
+            raise TeacherCacheError(f"{name}: format_version {version}, this code reads {FORMAT_VERSION}")
         if fingerprint is not None and meta.fingerprint != fingerprint:
-            raise CacheFormatError(f"{name}: fingerprint {meta.fingerprint[:12]}… does not match the cache's "
-                                   f"{fingerprint[:12]}… (written for other inputs)")
+            raise TeacherCacheError(f"{name}: fingerprint {meta.fingerprint[:12]}… does not match the cache's "
+                                    f"{fingerprint[:12]}… (written for other inputs)")
         maps = f["maps"]
         n = len(f["clip_ids"])
         want = (n, meta.num_classes, meta.map_size, meta.map_size)
         if maps.shape != want:
-            raise CacheFormatError(f"{name}: maps have shape {maps.shape}, expected {want} "
-                                   f"({n} clips, {meta.num_classes} labels, map size {meta.map_size})")
+            raise TeacherCacheError(f"{name}: maps have shape {maps.shape}, expected {want} "
+                                    f"({n} clips, {meta.num_classes} labels, map size {meta.map_size})")
         if maps.dtype != np.float16:
-            raise CacheFormatError(f"{name}: maps are {maps.dtype}, expected float16")
+            raise TeacherCacheError(f"{name}: maps are {maps.dtype}, expected float16")
         for key in ("frames", "valid", "errors"):
             if f[key].shape != (n,):
-                raise CacheFormatError(f"{name}: {key} has shape {f[key].shape}, expected ({n},)")
+                raise TeacherCacheError(f"{name}: {key} has shape {f[key].shape}, expected ({n},)")
         if expected_ids is not None:
             ids = read_ids(f)
             expected = list(expected_ids)
@@ -267,7 +263,7 @@ def verify_shard(path: str | Path, *, expected_ids: Sequence[str] | None = None,
                 else:
                     i = next(i for i, (a, b) in enumerate(zip(ids, expected)) if a != b)
                     detail = f"row {i} is {ids[i]!r}, the clip plan has {expected[i]!r}"
-                raise CacheFormatError(f"{name}: clip ids do not match the clip plan: {detail}")
+                raise TeacherCacheError(f"{name}: clip ids do not match the clip plan: {detail}")
         if not full:
             return
         valid = f["valid"][...].astype(bool)
@@ -275,34 +271,34 @@ def verify_shard(path: str | Path, *, expected_ids: Sequence[str] | None = None,
             try:
                 chunk = maps[start:start + block].astype(np.float32)
             except OSError as exc:  # fletcher32 mismatch or a damaged chunk
-                raise CacheFormatError(f"{name}: rows {start}..{min(start + block, n) - 1} cannot be read "
-                                       f"(checksum or compression error: {exc})") from None
+                raise TeacherCacheError(f"{name}: rows {start}..{min(start + block, n) - 1} cannot be read "
+                                        f"(checksum or compression error: {exc})") from None
             v = valid[start:start + len(chunk)]
             bad = ~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
             if bad.any():
-                raise CacheFormatError(f"{name}: row {start + int(np.argmax(bad))} has non-finite values (NaN/inf)")
+                raise TeacherCacheError(f"{name}: row {start + int(np.argmax(bad))} has non-finite values (NaN/inf)")
             lo, hi = float(chunk.min(initial=0.0)), float(chunk.max(initial=0.0))
             if lo < -1e-3 or hi > 1 + SUM_TOLERANCE:
-                raise CacheFormatError(f"{name}: probabilities outside [0, 1] (min {lo:.4g}, max {hi:.4g}) "
-                                       f"in rows {start}..{start + len(chunk) - 1}")
+                raise TeacherCacheError(f"{name}: probabilities outside [0, 1] (min {lo:.4g}, max {hi:.4g}) "
+                                        f"in rows {start}..{start + len(chunk) - 1}")
             if v.any():
                 err = np.abs(chunk[v].sum(axis=1) - 1.0).reshape(int(v.sum()), -1).max(axis=1)
                 if (err > SUM_TOLERANCE).any():
                     j = int(np.argmax(err > SUM_TOLERANCE))
                     row = start + int(np.flatnonzero(v)[j])
-                    raise CacheFormatError(
+                    raise TeacherCacheError(
                         f"{name}: row {row} ({_attr_str(f['clip_ids'][row])}) is not a probability map: "
                         f"per-pixel class sums differ from 1 by up to {err[j]:.4g} (tolerance {SUM_TOLERANCE})")
             if (~v).any() and np.abs(chunk[~v]).max(initial=0.0) != 0:
                 row = start + int(np.flatnonzero(~v)[0])
-                raise CacheFormatError(f"{name}: row {row} is marked invalid but its map is not zero")
+                raise TeacherCacheError(f"{name}: row {row} is marked invalid but its map is not zero")
 
 
 def shard_is_current(path: str | Path, fingerprint: str, expected_ids: Sequence[str]) -> bool:
     """Cheap "is this finished shard still good?" for reruns: attributes, shapes and ids, no maps read."""
     try:
         verify_shard(path, expected_ids=expected_ids, fingerprint=fingerprint, full=False)
-    except CacheFormatError:
+    except TeacherCacheError:
         return False
     return True
 

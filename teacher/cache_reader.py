@@ -6,7 +6,8 @@ handle is never shared across fork, and pickling drops them. The clip-id index i
 fixed-width byte array (no per-id Python objects), so millions of clips cost tens of MB that
 forked workers share copy-on-write.
 
-Alignment convention (CONTRACTS.md): ``box = (x0, y0, x1, y1)`` in normalised frame coordinates
+Alignment convention (defined here; DESIGN.md §5 requires it, tests/test_cache_reader.py
+``test_frame_crop_and_map_crop_agree`` checks it): ``box = (x0, y0, x1, y1)`` in normalised frame coordinates
 with the pixel-edge convention (pixel column ``c`` of a ``W``-wide image spans ``[c/W, (c+1)/W]``).
 Output pixel ``(i, j)`` of an ``h × w`` target samples the map at the normalised point
 ``x = x0 + (j + 0.5)/w · (x1 - x0)``, ``y = y0 + (i + 0.5)/h · (y1 - y0)`` — the centre of the
@@ -29,14 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.errors import UserError
-from teacher.cache_format import SHARD_GLOB, CacheFormatError, ShardMeta, read_meta
+from pipeline.core.errors import TeacherCacheError
+from teacher.cache_format import SHARD_GLOB, ShardMeta, read_meta
 
 Box = tuple[float, float, float, float]
-
-
-class CacheMissingError(UserError, FileNotFoundError):
-    """A teacher-cache folder without shards: the cache was never built (or was deleted)."""
 
 
 def lr_swap_permutation(labels: Sequence[str]) -> list[int]:
@@ -96,7 +93,7 @@ class TeacherCache:
         self.cache_dir = Path(cache_dir)
         self.paths = sorted(self.cache_dir.glob(SHARD_GLOB))  # temp files start with "." and never match
         if not self.paths:
-            raise CacheMissingError(f"teacher cache {self.cache_dir}: no {SHARD_GLOB} files "
+            raise TeacherCacheError(f"teacher cache {self.cache_dir}: no {SHARD_GLOB} files "
                                     f"(run `pipeline teacher-cache` first)")
         self.swap_lr = swap_lr
         self.max_open = max(1, max_open)
@@ -160,14 +157,14 @@ class TeacherCache:
             try:
                 f = h5py.File(path, "r")  # short-lived: nothing stays open in this process
             except OSError as exc:
-                raise CacheFormatError(f"teacher-cache shard {path}: cannot be opened as HDF5 ({exc}); run "
-                                       f"`pipeline status --verify`, then `pipeline run` rebuilds it") from None
+                raise TeacherCacheError(f"teacher-cache shard {path}: cannot be opened as HDF5 ({exc}); run "
+                                        f"`pipeline status --verify`, then `pipeline run` rebuilds it") from None
             with f:
                 m = read_meta(f)
                 if meta is None:
                     meta = m
                 elif (m.fingerprint, m.labels, m.map_size) != (meta.fingerprint, meta.labels, meta.map_size):
-                    raise CacheFormatError(
+                    raise TeacherCacheError(
                         f"teacher cache {self.cache_dir}: {path.name} was written with a different fingerprint, "
                         f"label set or map size than {self.paths[0].name}; rebuild the cache")
                 ids = f["clip_ids"][...]
@@ -221,8 +218,8 @@ class TeacherCache:
         except (OSError, KeyError) as exc:  # fletcher32 mismatch, a damaged chunk, a shard deleted or replaced
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             what = "is missing" if not self.paths[s].exists() else f"checksum mismatch in row {r} ({first})"
-            raise CacheFormatError(f"teacher-cache shard {self.paths[s]}: {what}; run `pipeline status --verify` "
-                                   f"to find damaged shards, then `pipeline run` rebuilds only those") from None
+            raise TeacherCacheError(f"teacher-cache shard {self.paths[s]}: {what}; run `pipeline status --verify` "
+                                    f"to find damaged shards, then `pipeline run` rebuilds only those") from None
 
     def target(self, clip_id: str, box: Box, flip: bool, size: int | tuple[int, int]) -> torch.Tensor:
         """The teacher target for a clip cropped with ``box``, mirrored if ``flip``, at ``size`` = (h, w).

@@ -28,23 +28,19 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.core import distributed
 from pipeline.core.config import ClipsConfig, TeacherConfig
 from pipeline.core.distributed import DistInfo, job_share
-from pipeline.core.errors import UserError
+from pipeline.core.errors import TeacherCacheError
 from pipeline.core.files import atomic_write_text
 from pipeline.core.lifetime import DieWithParent, stop_loader_workers
 from pipeline.core.progress import MetricsLog, Progress
 from pipeline.core.runtime import stage_device
 from teacher.backends import TeacherBackend, backend_labels, input_loader, make_backend
-from teacher.cache_format import (CacheFormatError, ShardMeta, ShardWriter, finalize_shard, num_shards as count_shards,
-                                  shard_failures, shard_is_current, shard_name, shard_range, temp_name, verify_shard)
+from teacher.cache_format import (ShardMeta, ShardWriter, finalize_shard, num_shards as count_shards, shard_failures,
+                                  shard_is_current, shard_name, shard_range, temp_name, verify_shard)
 
-log = logging.getLogger("teacher")
+log = logging.getLogger(__name__)
 
 FAILED_FILE = "failed.jsonl"
 METRICS_FILE = "metrics.jsonl"
-
-
-class TeacherCacheError(UserError, ValueError):
-    """The teacher cache cannot be built from these inputs (an empty clip plan, bad shard options)."""
 
 
 def assigned_shards(total_shards: int, dist: DistInfo, shard_index: int | None = None,
@@ -302,14 +298,14 @@ def _final_pass(out_dir: Path, cp: _CachePlan, dist: DistInfo, built: set[int]) 
                 entry = cp.manifest.entries[cp.plan[s * cp.size + rec["row"]].video_index]
                 failures.append({"clip_id": rec["clip_id"], "video_id": entry.id, "path": entry.path,
                                  "frame": rec["frame"], "shard": s, "error": rec["error"]})
-        except CacheFormatError as exc:
+        except TeacherCacheError as exc:
             problems.append(str(exc))
             path.unlink(missing_ok=True)
     results = distributed.all_gather_objects((problems, failures))
     problems = [p for r in results for p in r[0]]
     if problems:
-        raise CacheFormatError(f"teacher-cache: {len(problems)} shard(s) failed verification and were removed; "
-                               f"rerun teacher-cache to rebuild them. First: {problems[0]}")
+        raise TeacherCacheError(f"teacher-cache: {len(problems)} shard(s) failed verification and were removed; "
+                                f"rerun teacher-cache to rebuild them. First: {problems[0]}")
     return sorted((f for r in results for f in r[1]), key=lambda f: (f["shard"], f["clip_id"]))
 
 

@@ -9,21 +9,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import CheckpointError
 from pipeline.core.fingerprint import sha256_file
 from teacher.labels import LABEL_SETS, check_label_set
 from teacher.norm import ABNNorm
 from teacher.schp import AugmentCE2P, build_schp
 
-log = logging.getLogger("teacher")
+log = logging.getLogger(__name__)
 
 # The keys whose first dimension is the class count (they alone differ between LIP/ATR/Pascal).
 CLASS_KEYS = ("decoder.conv4.weight", "decoder.conv4.bias", "fushion.3.weight", "fushion.3.bias")
 _LABELS_BY_CLASSES = {len(v): k for k, v in LABEL_SETS.items()}
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint file that cannot be used as an SCHP teacher; the message names the file."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import CheckpointError, DataError
 from pipeline.core.files import atomic_write_bytes
-from teacher.checkpoint import CheckpointError, load_schp
+from teacher.checkpoint import load_schp
 from teacher.labels import check_label_set, input_size as default_input_size, palette
 from teacher.preprocess import parse_to_labels
 
@@ -53,10 +54,6 @@ def write_palette_png(path: str | Path, labels: np.ndarray, pal: np.ndarray) -> 
     atomic_write_bytes(path, png)
 
 
-class ImageReadError(UserError, FileNotFoundError):
-    """The input of ``parse-image`` is not an image that can be decoded; names the file."""
-
-
 def _check_finite_weights(model: nn.Module, checkpoint: object) -> None:
     """A network with NaN/inf weights labels every pixel 0 (background): refuse instead of writing that PNG.
 
@@ -81,11 +78,11 @@ def parse_image(image_path: str | Path, checkpoint: str | Path | nn.Module, labe
     check_label_set(labels)
     image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     if image is None:
-        raise ImageReadError(f"{image_path}: not an image OpenCV can read (missing, empty, or another kind of file); "
-                             f"give a JPEG, PNG, BMP or WebP photo")
+        raise DataError(f"{image_path}: not an image OpenCV can read (missing, empty, or another kind of file); "
+                        f"give a JPEG, PNG, BMP or WebP photo")
     model = checkpoint if isinstance(checkpoint, nn.Module) else load_schp(checkpoint, labels, device)
     size = input_size or default_input_size(labels)
     _check_finite_weights(model, checkpoint)
     label_map = parse_to_labels(model, [image], size, flip=flip)[0].cpu().numpy()
-    write_palette_png(out_png, label_map, schp_palette(model.num_classes))
+    write_palette_png(out_png, label_map, schp_palette(cast(int, model.num_classes)))
     return label_map

@@ -20,6 +20,7 @@ gives the bare warp, for geometry checks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def _to_canvas(frames: Frames, device: torch.device | str | None) -> tuple[torch
             raise ValueError(f"frame {i} must be a uint8 (H, W, 3) BGR array, got {desc}")
     sizes = [(f.shape[0], f.shape[1]) for f in frames]
     if len(set(sizes)) == 1:
-        batch = np.stack(frames)
+        batch = np.stack(cast(Sequence[np.ndarray], frames))  # checked above: uint8 (H, W, 3) frames
     else:
         batch = np.zeros((len(frames), max(h for h, _ in sizes), max(w for _, w in sizes), 3), dtype=np.uint8)
         for b, f in zip(batch, frames):
@@ -124,7 +125,7 @@ def _warp_to_square(canvas: torch.Tensor, sizes: list[tuple[int, int]], size: in
     stay within 0..255, so no clamp is needed).
     """
     maps = np.stack([np.linalg.inv(_as_3x3(letterbox_matrix(w, h, size)))[:2] for h, w in sizes])
-    grid = sampling_grid(maps, (size, size), tuple(canvas.shape[2:]), canvas.device, dtype)
+    grid = sampling_grid(maps, (size, size), (canvas.shape[2], canvas.shape[3]), canvas.device, dtype)
     parts = []
     for i in range(0, canvas.shape[0], chunk):
         warped = F.grid_sample(canvas[i : i + chunk].to(dtype), grid[i : i + chunk], mode="bilinear",
@@ -176,7 +177,7 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def _flip_perm(model: nn.Module) -> list[int]:
-    n = int(model.num_classes)
+    n = int(cast(int, model.num_classes))
     for name, labels in LABEL_SETS.items():
         if len(labels) == n:
             return flip_permutation(name)

@@ -7,7 +7,7 @@ bilinear resizes inside the network use ``align_corners=True``, as SCHP does.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -188,7 +188,7 @@ class AugmentCE2P(nn.Module):
         if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
             return self.fushion(features)
         with torch.autocast(kind, enabled=False):  # the weights' own dtype (float32 normally)
-            return self.fushion(features.to(self.fushion[0].weight.dtype))
+            return self.fushion(features.to(cast(torch.Tensor, self.fushion[0].weight).dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x).fusion

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from teacher.cache_format import (CacheFormatError, ShardMeta, finalize_shard, shard_failures, shard_is_current,
-                                  shard_name, temp_name, verify_shard, write_shard)
+from pipeline.core.errors import TeacherCacheError
+from teacher.cache_format import (ShardMeta, finalize_shard, shard_failures, shard_is_current, shard_name, temp_name,
+                                  verify_shard, write_shard)
 from teacher.cache_reader import TeacherCache, lr_swap_permutation, resample_boxes
 
 LABELS3 = ("Background", "Head", "Torso")
@@ -74,29 +75,29 @@ def test_verifier_rejects_bad_sums_nan_and_wrong_ids(tmp_path):
     bad_sum[1] *= 0.5
     p = tmp_path / "sum.h5"
     write_shard(p, _meta(size=8), ids, range(4), bad_sum)
-    with pytest.raises(CacheFormatError, match=r"sum\.h5.*row 1 \(v@1\).*per-pixel class sums"):
+    with pytest.raises(TeacherCacheError, match=r"sum\.h5.*row 1 \(v@1\).*per-pixel class sums"):
         verify_shard(p)
 
     nan = good.copy()
     nan[2, 0, 3, 3] = np.nan
     p = tmp_path / "nan.h5"
     write_shard(p, _meta(size=8), ids, range(4), nan)
-    with pytest.raises(CacheFormatError, match=r"nan\.h5.*row 2 has non-finite"):
+    with pytest.raises(TeacherCacheError, match=r"nan\.h5.*row 2 has non-finite"):
         verify_shard(p)
 
     p = tmp_path / "ids.h5"
     write_shard(p, _meta(size=8), ids, range(4), good)
     verify_shard(p, expected_ids=ids)
-    with pytest.raises(CacheFormatError, match=r"ids\.h5.*row 2 is 'v@2', the clip plan has 'w@2'"):
+    with pytest.raises(TeacherCacheError, match=r"ids\.h5.*row 2 is 'v@2', the clip plan has 'w@2'"):
         verify_shard(p, expected_ids=["v@0", "v@1", "w@2", "v@3"])
-    with pytest.raises(CacheFormatError, match="4 clip ids, the clip plan has 3"):
+    with pytest.raises(TeacherCacheError, match="4 clip ids, the clip plan has 3"):
         verify_shard(p, expected_ids=ids[:3])
-    with pytest.raises(CacheFormatError, match="fingerprint"):
+    with pytest.raises(TeacherCacheError, match="fingerprint"):
         verify_shard(p, fingerprint="0" * 64)
 
     p = tmp_path / "garbage.h5"
     p.write_bytes(b"not hdf5 at all")
-    with pytest.raises(CacheFormatError, match=r"garbage\.h5.*cannot be opened"):
+    with pytest.raises(TeacherCacheError, match=r"garbage\.h5.*cannot be opened"):
         verify_shard(p)
 
 
@@ -110,7 +111,7 @@ def test_verifier_catches_flipped_bytes_via_checksum(tmp_path):
     raw[info.byte_offset + info.size // 2] ^= 0xFF
     p.write_bytes(bytes(raw))
     verify_shard(p, full=False)  # cheap check reads no maps
-    with pytest.raises(CacheFormatError, match=r"bits\.h5: rows 0\.\.2 cannot be read"):
+    with pytest.raises(TeacherCacheError, match=r"bits\.h5: rows 0\.\.2 cannot be read"):
         verify_shard(p)
 
 
@@ -119,7 +120,7 @@ def test_unfinished_writes_and_temp_files_are_never_complete(tmp_path):
     tmp = tmp_path / temp_name(0)
     write_shard(tmp, _meta(size=8), ids, [0, 0], _softmax_maps(2, 3, 8))
     # only a temp file: the reader sees no cache at all
-    with pytest.raises(FileNotFoundError, match="no shard-"):
+    with pytest.raises(TeacherCacheError, match="no shard-"):
         TeacherCache(tmp_path)
     # a writer that stopped before writing every row leaves rows that fail verification
     from teacher.cache_format import ShardWriter
@@ -132,7 +133,7 @@ def test_unfinished_writes_and_temp_files_are_never_complete(tmp_path):
     bad_maps = _softmax_maps(2, 3, 8)
     bad_maps[0] = 0.2
     write_shard(bad, _meta(size=8), ["c@0", "d@0"], [0, 0], bad_maps)
-    with pytest.raises(CacheFormatError):
+    with pytest.raises(TeacherCacheError):
         finalize_shard(bad, tmp_path / shard_name(1), expected_ids=["c@0", "d@0"], fingerprint="f" * 64)
     assert not (tmp_path / shard_name(1)).exists() and bad.exists()
     finalize_shard(tmp, tmp_path / shard_name(0), expected_ids=ids, fingerprint="f" * 64)
@@ -282,5 +283,5 @@ def test_lazy_picklable_and_fork_safe(tmp_path):
 def test_mixed_shards_are_rejected(tmp_path):
     write_shard(tmp_path / shard_name(0), _meta(size=8), ["a@0"], [0], _softmax_maps(1, 3, 8))
     write_shard(tmp_path / shard_name(1), _meta(size=8, fp="e" * 64), ["b@0"], [0], _softmax_maps(1, 3, 8))
-    with pytest.raises(CacheFormatError, match="shard-00001.h5 was written with a different fingerprint"):
+    with pytest.raises(TeacherCacheError, match="shard-00001.h5 was written with a different fingerprint"):
         TeacherCache(tmp_path).has("a@0")

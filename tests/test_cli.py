@@ -88,3 +88,21 @@ def test_parse_image_command_writes_full_size_png(tmp_path: Path, shared_data: P
     wrong = CliRunner().invoke(main, ["parse-image", str(shared_data / "images" / "schp_demo.jpg"),
                                       "--checkpoint", str(ckpt), "--labels", "atr", "-o", str(out)])
     assert wrong.exit_code != 0 and "20 classes" in wrong.output and "Traceback" not in wrong.output
+
+
+def test_stage_commands_put_split_on_the_right_dataset(tmp_path: Path):
+    """--split sets datasets.<--dataset, or the command's own section's dataset>.split (one shared helper)."""
+    cases = [(["finetune", "--split", "2"], "finetune:hmdb51-split2"),
+             (["evaluate", "--dataset", "ucf101", "--split", "3"], "evaluate:ucf101-split3"),
+             (["retrieval", "--split", "2"], "retrieval:ucf101-split2"),
+             (["linear-probe", "--split", "3"], "linear-probe:hmdb51-split3")]
+    for args, key in cases:
+        result = CliRunner().invoke(main, ["--work-dir", str(tmp_path), *args, "--dry-run", "--build-upstream"])
+        assert result.exit_code == 0, (args, result.output)
+        assert f"would build {key} (missing)" in result.output, (args, result.output)
+    assert not any(tmp_path.iterdir()), "a dry run writes nothing"
+
+
+def test_shard_options_go_together(tmp_path: Path):
+    result = CliRunner().invoke(main, ["--work-dir", str(tmp_path), "teacher-cache", "--shard-index", "1"])
+    assert result.exit_code != 0 and "--shard-index and --num-shards go together" in result.output

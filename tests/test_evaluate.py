@@ -17,7 +17,8 @@ import torch
 from pipeline.core.config import EvaluateConfig
 from pipeline.core.distributed import DistInfo
 from student.confusion_png import read_confusion_csv
-from student.evaluate import EvaluationError, VideoScore, check_gathered, evaluate, rank_positions
+from pipeline.core.errors import StageError
+from student.evaluate import VideoScore, check_gathered, evaluate, rank_positions
 from data_manifests.manifest import load_manifest
 from tiny_videos import make_dataset, tiny_model_config, write_classifier
 
@@ -92,13 +93,13 @@ def test_consistency_checker_rejects_bad_gathers(setup):
     entries = load_manifest(setup[1]).by_split("test")[:3]
     good = [_score(i, e.id, 10) for i, e in enumerate(entries)]
     assert [s.pos for s in check_gathered(list(reversed(good)), entries, 10)] == [0, 1, 2]
-    with pytest.raises(EvaluationError, match="appears more than once"):
+    with pytest.raises(StageError, match="appears more than once"):
         check_gathered(good + [good[1]], entries, 10)
-    with pytest.raises(EvaluationError, match="has 9 views, expected 10"):
+    with pytest.raises(StageError, match="has 9 views, expected 10"):
         check_gathered([good[0], _score(1, entries[1].id, 9), good[2]], entries, 10)
-    with pytest.raises(EvaluationError, match="1 videos have no predictions"):
+    with pytest.raises(StageError, match="1 videos have no predictions"):
         check_gathered(good[:2], entries, 10)
-    with pytest.raises(EvaluationError, match="not in the evaluated split"):
+    with pytest.raises(StageError, match="not in the evaluated split"):
         check_gathered(good + [_score(7, "other", 10)], entries, 10)
     assert rank_positions(5, 0, 2) == [0, 2, 4] and rank_positions(5, 1, 2) == [1, 3]
 

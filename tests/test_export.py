@@ -11,7 +11,8 @@ from torch import nn
 
 from student.backbones import RSPNET_PREFIX, build_backbone
 from student.checkpointing import save_checkpoint
-from student.export import ExportError, branch_backbone, export_checkpoint, export_state, read_exported
+from pipeline.core.errors import CheckpointError
+from student.export import branch_backbone, export_checkpoint, export_state, read_exported
 from student.model import MultiTaskStudent, load_encoders
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -152,7 +153,7 @@ def test_round_trip_into_the_student_is_exact(tmp_path: Path):
 def test_refusals_say_why(layout: str, backbone: str, words: str):
     with torch.device("meta"):
         student = MultiTaskStudent(backbone=backbone, width=0.5)
-    with pytest.raises(ExportError, match=r"export --layout") as info:
+    with pytest.raises(CheckpointError, match=r"export --layout") as info:
         export_state(student, {}, layout, "contrastive")
     assert words in str(info.value) and "\n" not in str(info.value)
 
@@ -161,13 +162,13 @@ def test_branch_choices():
     with torch.device("meta"):
         student = MultiTaskStudent(backbone="c3d", width=0.25)
         no_kd = MultiTaskStudent(backbone="c3d", width=0.25, kd=False)
-    with pytest.raises(ExportError, match="one branch"):
+    with pytest.raises(CheckpointError, match="one branch"):
         export_state(student, {}, "rspnet", "both")
-    with pytest.raises(ExportError, match="without KD"):
+    with pytest.raises(CheckpointError, match="without KD"):
         export_state(no_kd, {}, "rspnet", "human")
-    with pytest.raises(ExportError, match="whole"):
+    with pytest.raises(CheckpointError, match="whole"):
         export_state(student, {}, "student", "human")
-    with pytest.raises(ExportError, match="pass --branch human .* or --branch contrastive"):
+    with pytest.raises(CheckpointError, match="pass --branch human .* or --branch contrastive"):
         export_state(student, {}, "rspnet", None)
     assert set(export_state(student, {}, "student", None)["state_dict"]) == {
         k for k in student.state_dict() if k.split(".", 1)[0] in ("f_l", "h_h", "h_c")}

@@ -112,7 +112,8 @@ def test_2_deleted_shard_makes_the_stage_damaged_and_only_it_is_rebuilt(work: Pa
 
 
 def test_2_pretraining_refuses_when_many_clips_have_no_map(work: Path):
-    from student.pretrain_data import MissingMapsError, clips_with_maps
+    from pipeline.core.errors import TeacherCacheError
+    from student.pretrain_data import clips_with_maps
     from teacher.cache_reader import TeacherCache
 
     cache_dir = only(work, "teacher-cache")
@@ -123,7 +124,7 @@ def test_2_pretraining_refuses_when_many_clips_have_no_map(work: Path):
     plan = [SimpleNamespace(clip_id=c) for c in ids]
     (cache_dir / "shard-00001.h5").unlink()
     cache = TeacherCache(cache_dir)
-    with pytest.raises(MissingMapsError, match=r"shard-00001\.h5 is missing.*pretrain\.max_missing_maps"):
+    with pytest.raises(TeacherCacheError, match=r"shard-00001\.h5 is missing.*pretrain\.max_missing_maps"):
         clips_with_maps(plan, cache, 0.05)
     assert len(clips_with_maps(plan, cache, 1.0)) == len(ids) - 16  # allowed when asked for
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from data_manifests.manifest import load_manifest
-from data_manifests.transcode import FAILED_FILE, TranscodeIncomplete, TranscodeSpec, build_transcode
+from data_manifests.transcode import FAILED_FILE, TranscodeSpec, build_transcode
 from pipeline import completeness
 from pipeline.core.config import load_config
 from pipeline.core.distributed import DistInfo
-from pipeline.core.errors import DiskFullError
-from pipeline.stage import Stage, run_stage, verify_stage
+from pipeline.core.errors import DiskFullError, StageError
+from pipeline.stage import BuildResult, Stage, run_stage, verify_stage
 from tiny_videos import class_frames, make_dataset, write_video
 
 SPEC = TranscodeSpec(short_side=32)
@@ -30,7 +30,7 @@ SPEC = TranscodeSpec(short_side=32)
 
 def _transcode_stage(manifest_dir: Path) -> Stage:
     def build(ctx):
-        return build_transcode(manifest_dir, ctx.out_dir, SPEC, dist=ctx.dist, progress=False)
+        return BuildResult.of_summary(build_transcode(manifest_dir, ctx.out_dir, SPEC, dist=ctx.dist, progress=False))
 
     return Stage(kind="transcode", name="tiny", version=1, semantic={"short_side": 32}, upstream=[], build=build)
 
@@ -53,7 +53,7 @@ def test_1_failed_copy_leaves_the_stage_not_done_and_the_rerun_retries_it(tiny: 
     victim = src.abspath(src.entries[2])
     good = victim.read_bytes()
     victim.write_bytes(b"\0" * len(good))  # unreadable now (as after a bad disk or a chmod)
-    with pytest.raises(TranscodeIncomplete, match=r"1 of 6 videos could not be copied.*" + victim.name):
+    with pytest.raises(StageError, match=r"1 of 6 videos could not be copied.*" + victim.name):
         run_stage(stage, work, load_config(), dist=DistInfo())
     assert not stage.is_done(work)
     listed = (stage.partial_dir(work) / FAILED_FILE).read_text().splitlines()
@@ -115,10 +115,10 @@ def test_3_a_stage_is_not_marked_done_with_an_empty_or_undecodable_video(tmp_pat
         (ctx.out_dir / "empty.avi").write_bytes(b"")
         (ctx.out_dir / "noise.avi").write_bytes(os.urandom(3000))
         (ctx.out_dir / "empty.txt").write_text("")  # an empty listing is fine
-        return {}
+        return BuildResult({})
 
     stage = Stage(kind="videos", name="x", version=1, semantic={}, upstream=[], build=build)
-    with pytest.raises(completeness.IncompleteOutputError, match=r"2 output file\(s\) incomplete.*empty\.avi"):
+    with pytest.raises(StageError, match=r"2 output file\(s\) incomplete.*empty\.avi"):
         run_stage(stage, work, load_config(), dist=DistInfo())
     assert not stage.is_done(work)
     left = {p.name for p in stage.partial_dir(work).iterdir()}

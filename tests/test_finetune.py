@@ -11,10 +11,12 @@ import torch
 from pipeline.core.config import FinetuneConfig
 from pipeline.core.distributed import DistInfo
 from student.checkpointing import TrainingInterrupted, load_checkpoint
-from student.finetune import FinetuneError, finetune, load_classifier, stratified_holdout
-from student.finetune_data import (TrainClips, clip_indices, multi_views, random_resized_box, view_crop_boxes,
+from pipeline.core.errors import TrainingError
+from student.finetune import finetune, load_classifier, stratified_holdout
+from student.finetune_data import (TrainClips, consecutive_frames, multi_views, random_resized_box, view_crop_boxes,
                                    view_starts, IMAGENET_MEAN, IMAGENET_STD)
-from student.protocols import ProtocolError, resolve_protocol
+from pipeline.core.errors import ConfigError
+from student.protocols import resolve_protocol
 from tiny_videos import CLIP_LEN, make_dataset, tiny_model_config, write_student
 
 DIST = DistInfo()
@@ -47,11 +49,11 @@ def test_protocol_overrides_custom_and_errors():
     assert p.name == "rspnet:c3d/hmdb51"
     c = resolve_protocol(FinetuneConfig(protocol="custom", epochs=2, batch_size=4, lr=0.01, schedule="cosine"), "r3d18")
     assert (c.epochs, c.batch_size, c.lr, c.schedule) == (2, 4, 0.01, "cosine")
-    with pytest.raises(ProtocolError, match="finetune.lr, finetune.schedule"):
+    with pytest.raises(ConfigError, match="finetune.lr, finetune.schedule"):
         resolve_protocol(FinetuneConfig(protocol="custom", epochs=2, batch_size=4), "c3d")
-    with pytest.raises(ProtocolError, match="milestones"):
+    with pytest.raises(ConfigError, match="milestones"):
         resolve_protocol(FinetuneConfig(protocol="custom", epochs=2, batch_size=4, lr=0.1, schedule="step"), "c3d")
-    with pytest.raises(ProtocolError, match="no finetuning preset for backbone 'r3d18'"):
+    with pytest.raises(ConfigError, match="no finetuning preset for backbone 'r3d18'"):
         resolve_protocol(FinetuneConfig(dataset="ucf101"), "r3d18")
 
 
@@ -81,7 +83,7 @@ def test_view_starts_and_clip_indices():
     assert view_starts(100, 16, 10) == [0, 9, 19, 28, 37, 47, 56, 65, 75, 84]
     assert view_starts(5, 2, 3) == [0, 2, 3]  # linspace 0, 1.5, 3: half rounds up
     assert view_starts(10, 16, 3) == [0, 0, 0]
-    assert clip_indices(8, 4, 10) == [8, 9, 9, 9]
+    assert consecutive_frames(8, 4, 10) == [8, 9, 9, 9]
 
 
 def test_multi_views_frames_and_three_crops():
@@ -106,6 +108,10 @@ def test_multi_views_frames_and_three_crops():
 
 
 def test_random_resized_box_area_and_train_clip_determinism(tmp_path):
+    from pipeline.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"finetune.crop_area must be \[min, max\]"):
+        TrainClips(None, [], 4, 32, (0.5, 0.2), 0)
     rng = np.random.default_rng(0)
     fracs = []
     for _ in range(200):
@@ -235,7 +241,7 @@ def test_classifier_file_and_fallbacks(tiny, tmp_path):
 def test_pretrained_model_config_must_agree(tiny, tmp_path):
     _, man, mc = tiny
     other = dataclasses.replace(mc, task_dependent=False)
-    with pytest.raises(FinetuneError, match="task_dependent: pretrained True vs config False"):
+    with pytest.raises(TrainingError, match="task_dependent: pretrained True vs config False"):
         finetune(man, tiny[0] / "pretrain", tmp_path / "x", other, _cfg(), dist=DIST, clip_len=CLIP_LEN)
     # from scratch ignores the pretraining folder entirely
     s = finetune(man, None, tmp_path / "scratch", other, _cfg(epochs=1, select_on="last", from_scratch=True),
@@ -300,3 +306,28 @@ def test_two_process_gloo_finetune_agrees_across_ranks(tiny, tmp_path):
     held = [train[i] for i in stratified_holdout(train, 0.25, 0)[1]]
     acc = _select_score(model, manifest, held, clip_len=CLIP_LEN, input_size=32, device="cpu", workers=0, dist=DIST)
     assert acc == s0["val_acc"] == info["selected_acc"]
+
+
+def test_epoch_selector_keeps_the_earlier_of_equal_epochs_and_prunes_strays(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import student.finetune as ft
+
+    scores = iter([0.5, 0.5, 0.75])
+    monkeypatch.setattr(ft, "_select_score", lambda *a, **k: next(scores))
+    plan = SimpleNamespace(select_on="val", manifest=None, select_entries=[], clip_len=4, select_note="", num_val=1,
+                           proto=SimpleNamespace(name="custom", epochs=3))
+    sel = ft.EpochSelector(plan, SimpleNamespace(input_size=32), SimpleNamespace(workers=0, select_on="val"), DIST,
+                           "cpu", tmp_path)
+    net = torch.nn.Linear(2, 2)
+    record: dict = {}
+    assert sel.select(net, 0, record) is None and record == {"val_top1": 0.5}
+    assert sel.select(net, 1, {}) is None and sel.best == {"epoch": 1, "acc": 0.5}, "a tie keeps the earlier epoch"
+    assert sel.select(net, 2, {}) == 1 and sel.best == {"epoch": 3, "acc": 0.75}
+    sel.delete_best(1)
+    (tmp_path / "best-e0002.pt").write_bytes(b"")  # left by a crash between best-e*.pt and last.pt
+    sel.prune_stray_bests()
+    assert sorted(p.name for p in tmp_path.glob("best-e*.pt")) == ["best-e0003.pt"]
+    state, epoch, acc = sel.chosen(net)
+    assert (epoch, acc) == (3, 0.75) and state.keys() == net.state_dict().keys()
+    assert sel.summary(epoch, acc)["val_acc"] == 0.75 and sel.summary(epoch, acc)["test_acc_used_for_selection"] is None

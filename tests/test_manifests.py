@@ -7,7 +7,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from data_manifests.builders import MissingVideosError, annotation_files, build_manifest, list_video_files, summary
+from pipeline.core.errors import DataError
+from data_manifests.builders import annotation_files, build_manifest, list_video_files, summary
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_rejected, write_manifest
 
 HMDB_SPLIT1 = {  # id: (class, split in split 1, decodable frames, width) — PROVENANCE.md
@@ -60,7 +61,7 @@ def test_hmdb51_split3(shared_data):
 
 def test_many_missing_is_an_error_naming_the_root(shared_data):
     root = shared_data / "videos" / "hmdb51"
-    with pytest.raises(MissingVideosError) as err:
+    with pytest.raises(DataError) as err:
         build_manifest("hmdb51", root, [shared_data / "splits" / "hmdb51"], 1, progress=False)
     msg = str(err.value)
     assert "6762 of 6766" in msg and "--root" in msg and str(root) in msg and "allow-missing" in msg
@@ -72,7 +73,7 @@ def test_missing_threshold(shared_data, tmp_path):
     real = [f"{v}.avi" for v, (c, *_) in HMDB_SPLIT1.items() if c == "wave"]
     (ann / "wave_test_split1.txt").write_text("".join(f"{n} 1 \n" for n in real + ["gone_wave_0.avi"]))
     root = shared_data / "videos" / "hmdb51"
-    with pytest.raises(MissingVideosError, match="1 of 4"):
+    with pytest.raises(DataError, match="1 of 4"):
         build_manifest("hmdb51", root, ann, 1, workers=1, progress=False)
     manifest, rejected = build_manifest("hmdb51", root, ann, 1, workers=1, progress=False, max_missing_fraction=0.25)
     assert manifest.classes == ["wave"] and len(manifest.entries) == 3
@@ -213,7 +214,7 @@ def test_load_errors_name_the_file(hmdb, tmp_path):
     path.write_text(json.dumps(rec) + "\n")
     with pytest.raises(ValueError, match="split 'training'"):
         load_manifest(tmp_path)
-    with pytest.raises(FileNotFoundError, match="meta.json"):
+    with pytest.raises(DataError, match="meta.json"):
         load_manifest(tmp_path / "nowhere")
 
 

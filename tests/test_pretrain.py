@@ -25,8 +25,9 @@ from data_manifests.manifest import Manifest, VideoEntry, write_manifest
 from data_manifests.video import count_frames
 from pipeline.core.config import ClipsConfig, ModelConfig, PretrainConfig
 from pipeline.core.distributed import DistInfo
-from student.checkpointing import (TrainStateError, GracefulStop, TrainingInterrupted, capture_rng,
-                                   load_checkpoint, restore_rng, save_checkpoint)
+from pipeline.core.errors import CheckpointError
+from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, restore_rng,
+                                   save_checkpoint)
 from student.optim import build_sgd, cosine_schedule, current_lr, multistep_schedule, scaled_lr
 from student.pretrain import StepInfo, amp_dtype, build_pretrain_model, init_from_checkpoint, pretrain
 from teacher.cache_format import ShardMeta, shard_name, write_shard
@@ -182,7 +183,7 @@ def test_checkpoint_round_trip_is_exact_including_rng(tmp_path: Path) -> None:
     save_checkpoint(path, {"epoch": 2})
     assert load_checkpoint(path) == {"epoch": 2}
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainStateError, match="bad.pt"):
+    with pytest.raises(CheckpointError, match="bad.pt"):
         load_checkpoint(tmp_path / "bad.pt")
 
 
@@ -261,7 +262,7 @@ def test_interrupted_and_resumed_run_ends_with_identical_state(toy, tmp_path: Pa
 def test_resume_refuses_a_checkpoint_from_another_configuration(toy, tmp_path: Path) -> None:
     cfg = dataclasses.replace(CFG, epochs=1, max_steps_per_epoch=1)
     run(toy, tmp_path, cfg)
-    with pytest.raises(TrainStateError, match="different configuration"):
+    with pytest.raises(CheckpointError, match="different configuration"):
         run(toy, tmp_path, dataclasses.replace(cfg, lr=0.2))
 
 
@@ -286,7 +287,7 @@ def test_init_from_loads_encoders_and_resets_the_key_encoder(tmp_path: Path) -> 
         assert tensors_equal(getattr(src.student, name).state_dict(), getattr(dst.student, name).state_dict()) == []
     for name in ("f_l", "h_c", "g_m", "g_a"):  # key encoder = the (loaded) query encoder
         assert tensors_equal(getattr(dst.student, name).state_dict(), getattr(dst.key_encoder, name).state_dict()) == []
-    with pytest.raises(FileNotFoundError, match="init_from"):
+    with pytest.raises(CheckpointError, match="init_from"):
         init_from_checkpoint(dst, str(tmp_path / "missing.pt"))
 
 

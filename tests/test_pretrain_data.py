@@ -14,6 +14,7 @@ from torch.utils.data import DistributedSampler
 from data_manifests.clip_plan import Clip, anchor_frames, clip_indices
 from data_manifests.manifest import Manifest, VideoEntry
 from pipeline.core.config import ClipsConfig, ModelConfig
+from pipeline.core.errors import TrainingError
 from student.pretrain_data import EpochSampler, PretrainClipDataset, build_pretrain_loader, item_rng
 from student.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipAugment, ClipAugParams, CropBox, sample_crop
 
@@ -267,13 +268,13 @@ def test_target_is_cut_with_the_query_box_and_flip() -> None:
 def test_kd_off_gives_empty_targets_and_needs_no_cache() -> None:
     ds, *_ = toy_dataset(kd=False)
     assert ds[(0, 0)]["target"].numel() == 0
-    with pytest.raises(ValueError, match="teacher cache"):
+    with pytest.raises(TrainingError, match="teacher cache"):
         PretrainClipDataset(make_manifest([40]), make_plan(make_manifest([40]), 4, 8), None, MODEL, CLIPS)
 
 
 def test_single_speed_is_rejected() -> None:
     m = make_manifest([40])
-    with pytest.raises(ValueError, match="speeds"):
+    with pytest.raises(TrainingError, match="speeds"):
         PretrainClipDataset(m, make_plan(m, 4, 8), None, ModelConfig(kd=False), ClipsConfig(speeds=[2, 2]))
 
 
@@ -329,7 +330,7 @@ def test_epoch_sampler_matches_distributed_sampler_and_resumes_at_an_offset(size
 
 def test_loader_rejects_a_dataset_smaller_than_a_batch() -> None:
     ds, *_ = toy_dataset()
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(TrainingError, match="batch"):
         build_pretrain_loader(ds, batch_size=8, workers=0)
 
 

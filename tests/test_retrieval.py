@@ -10,7 +10,8 @@ import torch
 from pipeline.core.config import RetrievalConfig
 from pipeline.core.distributed import DistInfo
 from student import retrieval as retrieval_mod
-from student.retrieval import RetrievalError, gather_features, retrieval, video_features
+from pipeline.core.errors import StageError
+from student.retrieval import gather_features, retrieval, video_features
 from data_manifests.manifest import load_manifest
 from tiny_videos import CLIP_LEN, make_dataset, tiny_model_config, write_student
 
@@ -74,7 +75,7 @@ def test_real_features_are_clip_averages_of_the_representation(setup):
 def test_gather_refuses_gaps_and_the_full_stage_runs(setup, tmp_path):
     tmp, man = setup
     entries = load_manifest(man).by_split("train")
-    with pytest.raises(RetrievalError, match="have no feature"):
+    with pytest.raises(StageError, match="have no feature"):
         gather_features({0: np.zeros(2)}, entries, "gallery")
     res = retrieval(man, tmp / "pretrain", tmp_path, RetrievalConfig(clips=1, ks=[1, 5], device="cpu", workers=0),
                     dist=DistInfo())

@@ -33,7 +33,8 @@ import torch
 torch.set_num_threads(1)
 from pipeline.core import distributed
 from pipeline.core.config import load_config
-from pipeline.stage import Stage, StageError, run_stage
+from pipeline.core.errors import StageError
+from pipeline.stage import BuildResult, Stage, run_stage
 
 scenario, out = sys.argv[1], Path(sys.argv[2])
 rank = int(__import__("os").environ["RANK"])
@@ -43,22 +44,22 @@ def make(kind, build, upstream=()):
                  command=f"pipeline {kind}")
 
 if scenario == "lagging_view" and rank == 0:  # built by rank 0 alone, before this job started
-    run_stage(make("up", lambda ctx: {}), out / "work0", load_config(None, []))
+    run_stage(make("up", lambda ctx: BuildResult({})), out / "work0", load_config(None, []))
 d = distributed.init_distributed("cpu")
 result = {"rank": d.rank}
 
 if scenario == "slow_rank0":
     def slow(ctx):
         time.sleep(float(sys.argv[3]))
-        return {"built_by": ctx.dist.rank}
+        return BuildResult({"built_by": ctx.dist.rank})
     work = out / "work"
     path = run_stage(make("slow", slow), work, load_config(None, []), dist=d)
     result["summary"] = json.loads((path / "stage.json").read_text())["summary"]
 elif scenario == "lagging_view":
     # rank 1's work dir lacks the upstream output that rank 0's has: a shared file system seen late
     work = out / f"work{d.rank}"
-    up = make("up", lambda ctx: {})
-    down = make("down", lambda ctx: {"ok": True}, upstream=[up])
+    up = make("up", lambda ctx: BuildResult({}))
+    down = make("down", lambda ctx: BuildResult({"ok": True}), upstream=[up])
     try:
         path = run_stage(down, work, load_config(None, []), dist=d)
         result["summary"] = json.loads((path / "stage.json").read_text())["summary"] if d.rank == 0 else "followed"
@@ -151,7 +152,7 @@ def test_cuda_n_is_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(distributed.DeviceError, match="every rank on one GPU"):
+    with pytest.raises(distributed.ConfigError, match="every rank on one GPU"):
         distributed.resolve_device("cuda:1", 0)
     assert distributed.resolve_device("cuda", 1) == "cuda:1"
     result = CliRunner().invoke(main, ["--work-dir", str(tmp_path), "pretrain", "--device", "cuda:1"])
@@ -160,12 +161,12 @@ def test_cuda_n_is_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_run_resolves_the_device_of_each_stage() -> None:
-    from pipeline.cli import stage_device
+    from pipeline.cli import device_setting
     from pipeline.core.config import load_config
     from pipeline.stages import StageGraph
 
     cfg = load_config(None, ['pretrain.device="cuda"', 'finetune.device="cpu"'])
-    devices = {st.kind: stage_device(cfg, st) for st in StageGraph(cfg, Path("/nonexistent")).run_stages()}
+    devices = {st.kind: device_setting(cfg, st) for st in StageGraph(cfg, Path("/nonexistent")).run_stages()}
     assert devices["pretrain"] == "cuda" and devices["finetune"] == "cpu" and devices["manifest"] == "cpu"
 
 

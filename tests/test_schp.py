@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from teacher.checkpoint import CheckpointError, infer_labels, load_schp, sha256_file
+from pipeline.core.errors import CheckpointError, DataError
+from teacher.checkpoint import infer_labels, load_schp, sha256_file
 from teacher.labels import FLIP_PAIRS, INPUT_SIZES, LABEL_SETS, flip_permutation, palette
 from teacher.norm import ABNNorm
 from teacher.schp import AugmentCE2P, build_schp
@@ -463,5 +464,5 @@ def test_parse_image_writes_full_size_palette_png(shared_data, lip_checkpoint, l
     model = lip_model
     again = parse_to_labels(model, [cv2.imread(str(image))], 65)[0].numpy()
     assert np.array_equal(again, labels)
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+    with pytest.raises(DataError, match="missing.jpg"):
         parse_image(tmp_path / "missing.jpg", model, "lip", tmp_path / "x.png")

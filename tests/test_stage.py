@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.config import load_config
-from pipeline.stage import STAGE_FILE, Stage, StageError, run_stage, stage_status
+from pipeline.stage import STAGE_FILE, BuildResult, Stage, StageError, run_stage, stage_status
 from pipeline.stages import StageGraph
 
 
@@ -63,7 +63,7 @@ class Toy:
         def build_a(ctx):
             self.calls.append("a")
             (ctx.out_dir / "a.txt").write_text(str(a_value))
-            return {"value": a_value}
+            return BuildResult({"value": a_value})
 
         def build_b(ctx):
             self.calls.append("b")
@@ -73,7 +73,7 @@ class Toy:
             if self.fail_b:
                 raise RuntimeError("killed")
             (ctx.out_dir / "part-1.txt").write_text((ctx.upstream_dir("a") / "a.txt").read_text())
-            return {"resumed": resumed}
+            return BuildResult({"resumed": resumed})
 
         self.a = Stage("a", "x", 1, {"value": a_value}, [], build_a, command="toy a")
         self.b = Stage("b", "x", 1, {"k": 0}, [self.a], build_b, command="toy b")
@@ -143,3 +143,25 @@ def test_digest_cache_reuses_hash_until_file_changes(tmp_path: Path):
     assert json.loads((tmp_path / "d.json").read_text())[str(f.resolve())]["sha256"] == d1
     f.write_bytes(b"y" * 1001)
     assert DigestCache(tmp_path / "d.json").digest(f) == sha256_file(f) != d1
+
+
+def test_incomplete_build_is_not_done_and_options_reach_the_build(tmp_path: Path):
+    """A shard of a job array returns complete=False: no stage.json; the run over all shards finishes it."""
+    from pipeline.stage import BuildOptions
+
+    seen: list[BuildOptions] = []
+
+    def build(ctx):
+        seen.append(ctx.options)
+        assert ctx.fingerprint == ctx.stage.fingerprint(tmp_path) and ctx.input_digest("checkpoint") == "abc"
+        (ctx.out_dir / f"shard-{ctx.options.shard_index}").write_text("x")
+        return BuildResult({"shards": len(list(ctx.out_dir.glob("shard-*")))},
+                           complete=ctx.options.shard_index == 1, message="1 of 2 shards")
+
+    st = Stage("s", "x", 1, {}, [], build, inputs=lambda up: {"checkpoint": "abc"})
+    cfg = load_config()
+    assert run_stage(st, tmp_path, cfg, options=BuildOptions(shard_index=0, num_shards=2)) is None
+    assert not (st.out_dir(tmp_path) / STAGE_FILE).exists() and st.partial_dir(tmp_path).is_dir()
+    out = run_stage(st, tmp_path, cfg, options=BuildOptions(shard_index=1, num_shards=2))
+    assert out is not None and json.loads((out / STAGE_FILE).read_text())["summary"] == {"shards": 2}
+    assert seen == [BuildOptions(0, 2), BuildOptions(1, 2)]

@@ -350,7 +350,9 @@ def test_pretrain_forward_enqueues_video_ids_and_queue_is_trimmed_to_the_batch()
     from student.moco import trimmed_queue_size
 
     assert trimmed_queue_size(100, 16) == 96 and trimmed_queue_size(512, 16) == 512
-    with pytest.raises(ValueError, match="queue_size"):
+    from pipeline.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pretrain.queue_size = 8"):  # a user's setting: one line, no traceback
         trimmed_queue_size(8, 16)
     torch.manual_seed(0)
     m = PretrainModel("c3d", width=W, queue_size=8, kd=False)
@@ -363,10 +365,10 @@ def test_queue_size_not_well_below_the_videos_is_warned(caplog):
 
     from student.pretrain import warn_queue_size
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="student.pretrain"):
         warn_queue_size(128, 420, True)
     assert caplog.records == []
-    with caplog.at_level(logging.WARNING, logger="pipeline.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="student.pretrain"):
         warn_queue_size(512, 150, False)
     (record,) = caplog.records
     assert "3.4 keys of its own video" in record.getMessage() and "exclude_same_video" in record.getMessage()

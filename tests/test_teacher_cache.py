@@ -20,7 +20,8 @@ from data_manifests.manifest import Manifest, VideoEntry, write_manifest
 from pipeline.core.config import ClipsConfig, TeacherConfig
 from pipeline.core.distributed import DistInfo
 from teacher import cache_stage
-from teacher.cache_format import SUM_TOLERANCE, CacheFormatError, shard_name, temp_name, verify_shard
+from pipeline.core.errors import TeacherCacheError
+from teacher.cache_format import SUM_TOLERANCE, shard_name, temp_name, verify_shard
 from teacher.cache_reader import TeacherCache
 from teacher.cache_stage import _AnchorInputs, assigned_shards, build_teacher_cache
 
@@ -248,7 +249,7 @@ def test_killed_run_resumes_without_recomputing(reference, real_setup, monkeypat
     raw = bytearray((out / shard_name(3)).read_bytes())
     raw[info.byte_offset + info.size // 2] ^= 0xFF
     (out / shard_name(3)).write_bytes(bytes(raw))
-    with pytest.raises(CacheFormatError, match=r"1 shard\(s\) failed verification.*shard-00003.h5.*checksum"):
+    with pytest.raises(TeacherCacheError, match=r"1 shard\(s\) failed verification.*shard-00003.h5.*checksum"):
         build_teacher_cache(real_setup["manifest"], out, _teacher(real_setup["ckpt"]), CLIPS, dist=DistInfo(),
                             fingerprint=FP, checkpoint_sha256="ab" * 32)
     assert not (out / shard_name(3)).exists()

@@ -26,10 +26,11 @@ import pytest
 
 from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, write_manifest
-from data_manifests.transcode import (FAILED_FILE, TranscodeIncomplete, TranscodeSpec, assigned_videos, build_transcode,
-                                      output_size, transcode_video)
+from data_manifests.transcode import (FAILED_FILE, TranscodeSpec, assigned_videos, build_transcode, output_size,
+                                      transcode_video)
 from data_manifests import video as V
 from pipeline.core.distributed import DistInfo
+from pipeline.core.errors import StageError
 
 from test_video import CLIPS
 
@@ -234,7 +235,7 @@ def test_sharded_jobs_and_corrupt_input(shared_data, tmp_path):
     assert assigned_videos(4, DistInfo(rank=1, world_size=2), 0, 2) == [2]
     first = build_transcode(man, out, SPEC, dist=DistInfo(), shard_index=0, num_shards=2, progress=False)
     assert first["complete"] is False and first["videos_missing"] == 2
-    with pytest.raises(TranscodeIncomplete, match="broken.avi"):  # a failed copy: the stage is not done
+    with pytest.raises(StageError, match="broken.avi"):  # a failed copy: the stage is not done
         build_transcode(man, out, SPEC, dist=DistInfo(), shard_index=1, num_shards=2, progress=False)
     failed = [json.loads(line) for line in (out / FAILED_FILE).read_text().splitlines()]
     assert [f["id"] for f in failed] == ["bad"] and "broken.avi" in failed[0]["error"]

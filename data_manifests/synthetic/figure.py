@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -34,6 +35,10 @@ PART_NAMES = ("Background", "Head", "Torso", "Upper Arms", "Lower Arms", "Upper 
 INSTANCE_TO_PART = np.array([0, 1, 2, 3, 3, 4, 4, 4, 4, 5, 5, 6, 6, 6, 6], dtype=np.uint8)
 
 LIMB_KEYS = ("arm_l", "arm_r", "leg_l", "leg_r")
+
+
+def _bgr(colour: Sequence[int]) -> tuple[int, int, int]:
+    return int(colour[0]), int(colour[1]), int(colour[2])
 
 
 @dataclass(frozen=True)
@@ -67,13 +72,13 @@ class Body:
     def part_colors(self) -> dict[int, tuple[int, int, int]]:
         """Main BGR colour of each Pascal part (the colour covering most of its pixels)."""
         main = {1: "head", 2: "torso", 3: "upper_arm_l", 4: "lower_arm_l", 5: "upper_leg_l", 6: "lower_leg_l"}
-        return {p: tuple(int(c) for c in self.colors[INST[name]]) for p, name in main.items()}
+        return {p: _bgr(self.colors[INST[name]]) for p, name in main.items()}
 
     def part_palettes(self) -> dict[int, list[tuple[int, int, int]]]:
         """Every BGR colour drawn inside each Pascal part (e.g. lower legs: trousers or skin, and shoes)."""
         out: dict[int, list[tuple[int, int, int]]] = {}
         for iid in range(1, len(INSTANCES)):
-            col = tuple(int(c) for c in self.colors[iid])
+            col = _bgr(self.colors[iid])
             lst = out.setdefault(int(INSTANCE_TO_PART[iid]), [])
             if col not in lst:
                 lst.append(col)

@@ -83,8 +83,8 @@ def draw_panel(panel: Panel, width: int = 420, height: int = 280) -> np.ndarray:
     _text(img, panel.xlabel, (left + pw // 2 - 15, top + ph + 28), 0.36)
     for name, yv in panel.hlines.items():
         a, b = px(x0, yv), px(x1, yv)
-        for xs in range(a[0], b[0], 8):
-            cv2.line(img, (xs, a[1]), (min(xs + 4, b[0]), a[1]), (120, 120, 120), 1)
+        for dash in range(a[0], b[0], 8):
+            cv2.line(img, (dash, a[1]), (min(dash + 4, b[0]), a[1]), (120, 120, 120), 1)
         _text(img, name, (b[0] - 8 * len(name) - 2, a[1] - 3), 0.32, (110, 110, 110))
     legend_x = left
     for i, (name, (xs, ys)) in enumerate(panel.series.items()):

@@ -19,13 +19,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
-from pipeline.core.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration problem, phrased for the user: which key, which file, what is expected."""
+from pipeline.core.errors import ConfigError
 
 
 def _exec(default: Any, **kw: Any) -> Any:
@@ -317,7 +313,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
-def _check_range(value: Any, meta: dict, where: str) -> None:
+def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
     items = value if isinstance(value, list) else [value]
     for v in items:
         if "choices" in meta and v not in meta["choices"]:

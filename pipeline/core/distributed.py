@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist  # `dist` is a DistInfo everywhere else
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -49,24 +49,16 @@ RANK0_WAIT_S = 7 * 24 * 3600
 _wait_group: Any = None
 
 
-class DeviceError(UserError):
-    """A device setting that cannot work in this launch (e.g. ``cuda:N`` under torchrun)."""
-
-
-class ShardOptionError(UserError, ValueError):
-    """``--shard-index`` / ``--num-shards`` that do not describe a share of the job."""
-
-
 def job_share(total: int, dist: DistInfo, shard_index: int | None = None,
               num_shards: int | None = None) -> list[int]:
     """The indices (of shards, videos, ...) this process handles: the job's share under
     ``--shard-index i --num-shards n`` (``i, i+n, ...``), then every ``world_size``-th of those from ``rank``."""
     if (shard_index is None) != (num_shards is None):
-        raise ShardOptionError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
+        raise ConfigError("--shard-index and --num-shards go together (e.g. --shard-index 0 --num-shards 4)")
     mine = list(range(total))
-    if num_shards is not None:
+    if num_shards is not None and shard_index is not None:
         if num_shards < 1 or not 0 <= shard_index < num_shards:
-            raise ShardOptionError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+            raise ConfigError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
         mine = mine[shard_index::num_shards]
     return mine[dist.rank::dist.world_size]
 
@@ -75,7 +67,7 @@ def _int_env(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))
     except ValueError:
-        raise DeviceError(f"environment variable {name}={os.environ[name]!r} "
+        raise ConfigError(f"environment variable {name}={os.environ[name]!r} "
                           f"is not a whole number of seconds") from None
 
 
@@ -90,7 +82,7 @@ def resolve_device(requested: str = "auto", local_rank: int = 0) -> str:
     if requested == "cuda":
         return f"cuda:{local_rank}"
     if requested.startswith("cuda:") and launched_by_torchrun():
-        raise DeviceError(f"device {requested!r} under torchrun would put every rank on one GPU: use --device cuda "
+        raise ConfigError(f"device {requested!r} under torchrun would put every rank on one GPU: use --device cuda "
                           f"(or auto; each rank then takes GPU LOCAL_RANK), and CUDA_VISIBLE_DEVICES to choose GPUs")
     return requested
 

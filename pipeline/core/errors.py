@@ -28,12 +28,51 @@ class UserError(Exception):
     """An error caused by the user's input or environment, with an actionable one-line message."""
 
 
+# The domain errors: one per kind of thing a user gets wrong. The message says which file or key and
+# what to do; the class only says where to look. A new error picks one of these, not a new class.
+
+class ConfigError(UserError, ValueError):
+    """A config value, command-line option or environment setting is invalid or cannot be honoured here
+    (an unknown key, a bad protocol, fp16 on a CPU, shard options that do not go together, a folder path
+    with a symlink loop or too long to hold the stages' files)."""
+
+
+class DataError(UserError, ValueError):
+    """A dataset input is unusable: a manifest, annotation file, dataset folder, video or image (missing,
+    undecodable, unlabelled, or too little of it)."""
+
+
+class TeacherCacheError(UserError, ValueError):
+    """The teacher cache is missing, damaged, or does not match the clip plan it is read with."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file (SCHP teacher, pretrained student, classifier, resume state, export) is missing,
+    unreadable, or does not fit the model or run that loads it."""
+
+
+class StageError(UserError, RuntimeError):
+    """A stage cannot run or be finished: an upstream is missing or stale, its inputs are unusable, another
+    process is building it, or its build left outputs incomplete (videos that failed to transcode, empty
+    or undecodable files at mark-done), so it is not marked done."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training (pretrain, finetune) cannot start or go on with these inputs and settings (no train
+    videos, fewer videos than one batch, too few speeds, no teacher maps for the plan)."""
+
+
 class DiskFullError(UserError, OSError):
     """A write failed for lack of space (or a file-size / quota limit); names the file."""
 
 
 class NonFiniteError(UserError, ArithmeticError):
     """Training produced a non-finite loss (NaN or inf); names the stage, step and the checkpoint kept."""
+
+
+# A DataLoader worker rebuilds the worker's exception as its own type, with the worker's traceback as
+# the message, so these are recognised by type (isinstance), like errors raised in this process.
+_USER_FIXABLE = (UserError, FileNotFoundError, PermissionError, IsADirectoryError)
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -50,16 +89,6 @@ def disk_full_error(path: object, exc: BaseException, what: str = "writing") -> 
     """The one-line error for a failed write: names the file, says "no space left", says how to go on."""
     return DiskFullError(f"{path}: no space left on device (or file-size limit reached) while {what}; "
                          f"free space (or raise `ulimit -f`) and rerun the same command to resume")
-
-
-def all_user_error_names() -> set[str]:
-    """Class names of every :class:`UserError` subclass imported so far (for wrapped worker errors)."""
-    names, todo = set(), [UserError]
-    while todo:
-        cls = todo.pop()
-        names.add(cls.__name__)
-        todo += cls.__subclasses__()
-    return names
 
 
 def _one_line(text: str) -> str:
@@ -114,9 +143,8 @@ def user_message(exc: BaseException) -> str | None:
     text = str(exc)
     wrapped = unwrap_worker_message(text)
     if wrapped is not None:
-        type_name, msg = wrapped
-        known = all_user_error_names() | {"FileNotFoundError", "PermissionError", "IsADirectoryError"}
-        if type_name in known or isinstance(exc, UserError):
+        _, msg = wrapped
+        if isinstance(exc, _USER_FIXABLE):
             return _one_line(f"{msg} (in a data-loading worker)")
         if is_disk_full(exc):
             return _one_line(f"{msg} (no space left on device)")
@@ -124,8 +152,8 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, UserError):
         return _one_line(text) or type(exc).__name__
     if isinstance(exc, OSError):
-        msg = _os_message(exc)
-        return _one_line(msg) if msg else None
+        os_msg = _os_message(exc)
+        return _one_line(os_msg) if os_msg else None
     if isinstance(exc, UnicodeDecodeError):
         return None  # a bug unless a caller turned it into a UserError naming the file
     if isinstance(exc, RuntimeError) and text.startswith("Symlink loop from "):  # pathlib.resolve, Python < 3.13

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import ConfigError
 
 PATH_MAX = 4096
 
@@ -83,10 +83,6 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-class PathProblem(UserError, ValueError):
-    """A folder the pipeline cannot use as given: a symlink loop, a name or a path too long."""
-
-
 def _name_max(path: Path) -> int:
     for folder in (path, *path.parents):
         try:
@@ -97,27 +93,27 @@ def _name_max(path: Path) -> int:
 
 
 def usable_folder(path: Path, what: str, headroom: int = 256) -> Path:
-    """``path`` resolved, or PathProblem naming what is wrong: a symlink loop, a component longer than
+    """``path`` resolved, or a ConfigError naming what is wrong: a symlink loop, a component longer than
     the filesystem's NAME_MAX, or a path that leaves under ``headroom`` bytes of PATH_MAX for the
     files the stages write below it (checked up front: the OS would refuse them one by one later)."""
     try:
         resolved = path.resolve()
     except RuntimeError:  # "Symlink loop from ..." (pathlib, Python < 3.13)
-        raise PathProblem(f"{what} {path}: a symlink loop (a link that leads back to itself); fix or remove "
+        raise ConfigError(f"{what} {path}: a symlink loop (a link that leads back to itself); fix or remove "
                           f"the link") from None
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENAMETOOLONG):
             raise
         resolved = Path(os.path.abspath(path))
         if exc.errno == errno.ELOOP:
-            raise PathProblem(f"{what} {path}: a symlink loop; fix or remove the link") from None
+            raise ConfigError(f"{what} {path}: a symlink loop; fix or remove the link") from None
     limit = _name_max(resolved)
     for part in resolved.parts:
         if len(os.fsencode(part)) > limit:
-            raise PathProblem(f"{what}: the folder name {part[:40]}… is {len(os.fsencode(part))} bytes long; the "
+            raise ConfigError(f"{what}: the folder name {part[:40]}… is {len(os.fsencode(part))} bytes long; the "
                               f"filesystem allows {limit}")
     size = len(os.fsencode(str(resolved)))
     if size + headroom > PATH_MAX:
-        raise PathProblem(f"{what}: the path is {size} bytes long; the files below it need up to {headroom} more "
+        raise ConfigError(f"{what}: the path is {size} bytes long; the files below it need up to {headroom} more "
                           f"and paths end at {PATH_MAX} bytes: choose a shorter folder")
     return resolved

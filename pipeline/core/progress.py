@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 
 def _fmt_time(seconds: float) -> str:

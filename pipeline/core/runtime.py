@@ -33,17 +33,13 @@ import torch.distributed as tdist
 from torch import nn
 
 from pipeline.core.distributed import DistInfo, is_distributed, resolve_device
-from pipeline.core.errors import UserError
+from pipeline.core.errors import ConfigError
 
 AMP_CHOICES = ("auto", "off", "fp16", "bf16")
 
-__all__ = ["AMP_CHOICES", "RuntimeSettingError", "all_reduce_mean", "all_reduce_sum", "autocast",
+__all__ = ["AMP_CHOICES", "all_reduce_mean", "all_reduce_sum", "autocast",
            "cpu_has_native_bf16", "deterministic_mode", "is_distributed", "resolve_amp", "stage_device",
            "stop_flag_group", "wrap_ddp"]
-
-
-class RuntimeSettingError(UserError, ValueError):
-    """A device / amp setting that cannot work here; the message names the config key."""
 
 
 def stage_device(setting: str, dist: DistInfo) -> str:
@@ -87,12 +83,12 @@ def resolve_amp(setting: str, device: str | torch.device, *, key: str = "amp",
         return _auto_amp(dev, inference)
     if setting == "fp16":
         if dev.type != "cuda":
-            raise RuntimeSettingError(f"{key} = 'fp16' needs a CUDA device (this stage runs on {dev}); "
-                                      f"use 'bf16' or 'off' on CPU")
+            raise ConfigError(f"{key} = 'fp16' needs a CUDA device (this stage runs on {dev}); "
+                              f"use 'bf16' or 'off' on CPU")
         return torch.float16
     if setting == "bf16":
         return torch.bfloat16
-    raise RuntimeSettingError(f"{key}: {setting!r} is not one of {', '.join(map(repr, AMP_CHOICES))}")
+    raise ConfigError(f"{key}: {setting!r} is not one of {', '.join(map(repr, AMP_CHOICES))}")
 
 
 def autocast(device: str | torch.device, dtype: torch.dtype | None) -> ContextManager[Any]:

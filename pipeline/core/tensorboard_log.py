@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger(__name__)
 
 ENV = "PIPELINE_TENSORBOARD"
 SUBDIR = "tensorboard"
