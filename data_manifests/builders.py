@@ -169,6 +169,9 @@ def build_manifest(kind: str, root: str | os.PathLike, annotations: Annotations 
     if min_frames < 0:
         raise ValueError(f"min_frames must be >= 0, got {min_frames}")
     index = FileIndex(root_path)
+    if index.unlisted:  # an unreadable sub-folder costs its own videos, not the whole manifest
+        log.warning("%s: %d folder(s) under %s could not be read; their videos are not indexed (first: %s)",
+                    k, len(index.unlisted), root_path, index.unlisted[0])
     try:
         listing = FORMATS[k].parse(_paths(annotations), split, index, classes, **(format_options or {}))
     except _PARSE_ERRORS as exc:

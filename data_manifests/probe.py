@@ -8,6 +8,8 @@ probing uses no OpenCV-pool function, so OpenCV's process-wide pool is left alon
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -46,6 +48,8 @@ class ProbeResult:
 def image_kind(path: str | Path) -> str | None:
     """"JPEG", "PNG", ... when the file starts like a still image, whatever its name says."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # a FIFO or device would block the open; open_video rejects it by name
         with open(path, "rb") as fh:
             head = fh.read(12)
     except OSError:

@@ -19,11 +19,14 @@ read time per item on the Kinetics clips); it stays available (``codec = "mp4v"`
 of disk.
 
 Output, in the stage folder: ``videos/<source path>.avi`` (one per video, written to a temporary
-name, verified, renamed: the file's existence means done), ``failed/<index>.json`` per video
-that could not be copied (corrupt or changed since the manifest: reported, not fatal; the video
-is then read from its original), and, once every video is finished, a manifest of the copies
-(``manifest.jsonl``/``meta.json``: same ids, order, labels, splits and frame counts, so the clip
-plan and the teacher cache keys are unchanged) plus ``failed.jsonl`` and ``transcode.json``.
+name, verified, renamed: a non-empty file means done), ``failed/<index>.json`` per video that
+could not be copied (unreadable, or changed since the manifest), and, once every video is copied,
+a manifest of the copies (``manifest.jsonl``/``meta.json``, root ``videos`` relative to the stage
+folder so a copied work directory reads its own copies; same ids, order, labels, splits and frame
+counts, so the clip plan and the teacher cache keys are unchanged) plus ``transcode.json``.
+A failed video is not "done": the stage fails (one line naming the first failure and
+``failed.jsonl``), is never marked done, and the next run retries every failed video. A full
+disk stops the stage at once, naming the copy being written.
 Work splits by video like the teacher cache: job ``i`` of ``n`` owns videos ``i, i+n, …`` and
 rank ``r`` of ``W`` every ``W``-th of those; a rerun skips finished videos.
 """
@@ -44,6 +47,7 @@ from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_re
 from data_manifests.frames import decode_frame, is_frame_source, iter_frames, parse_source, source_bytes
 from data_manifests.video import VideoDecodeError, open_video
 from pipeline.core.distributed import DistInfo, job_share
+from pipeline.core.errors import DiskFullError, StageError, disk_full_error, is_disk_full
 from pipeline.core.files import atomic_write_text
 from pipeline.core.progress import Progress
 
@@ -99,6 +103,21 @@ def copy_relpath(entry: VideoEntry, codec: str) -> str:
 def _partial_path(dst: Path) -> Path:
     # The suffix must stay the container's: FFmpeg picks the muxer from it.
     return dst.with_name(f".{dst.stem}{PARTIAL_MARK}{dst.suffix}")
+
+
+def _out_of_space(path: Path) -> bool:
+    """True when ``path``'s filesystem is (nearly) full or the file reached ``ulimit -f``: FFmpeg's
+    writer fails silently there, so a failed copy is checked for this before it is called corrupt."""
+    import resource
+
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return True
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return limit != resource.RLIM_INFINITY and path.is_file() and path.stat().st_size >= limit - (1 << 15)
+    except OSError:
+        return False
 
 
 def _count_decoded(path: Path) -> int:
@@ -186,6 +205,12 @@ def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, ex
             raise TranscodeError(f"{tmp}: the copy decodes {back} frames, {n} were written")
         nbytes = tmp.stat().st_size
         os.replace(tmp, dst)
+    except (TranscodeError, VideoDecodeError, cv2.error, OSError) as exc:
+        if isinstance(exc, DiskFullError):
+            raise
+        if is_disk_full(exc) or _out_of_space(tmp):
+            raise disk_full_error(dst, exc, "writing this transcoded copy") from exc
+        raise
     finally:
         if writer is not None:
             writer.release()
@@ -206,8 +231,27 @@ def _failed_path(out_dir: Path, index: int) -> Path:
     return out_dir / FAILED_DIR / f"{index:08d}.json"
 
 
+def _has_copy(out_dir: Path, entry: VideoEntry, codec: str) -> bool:
+    """A finished copy: present and non-empty (a zero-byte file left by a crash or a full disk is not)."""
+    try:
+        return (out_dir / VIDEOS_DIR / copy_relpath(entry, codec)).stat().st_size > 0
+    except OSError:
+        return False
+
+
 def _is_finished(out_dir: Path, index: int, entry: VideoEntry, codec: str) -> bool:
-    return (out_dir / VIDEOS_DIR / copy_relpath(entry, codec)).is_file() or _failed_path(out_dir, index).is_file()
+    return _has_copy(out_dir, entry, codec) or _failed_path(out_dir, index).is_file()
+
+
+def _clear_failures(out_dir: Path, mine: list[int]) -> int:
+    """Forget this process's earlier failures so that they are retried (space freed, permission fixed)."""
+    n = 0
+    for i in mine:
+        path = _failed_path(out_dir, i)
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def _copy_task(index: int, src: str, dst: str, spec: TranscodeSpec, frames: int, fps: float, entry_id: str,
@@ -218,6 +262,8 @@ def _copy_task(index: int, src: str, dst: str, spec: TranscodeSpec, frames: int,
     try:
         rec = transcode_video(src, dst, spec, expected_frames=frames, fps=fps, threads=1)
         return {"index": index, "ok": True, **rec}
+    except DiskFullError:
+        raise  # every later copy would fail too: stop now, naming the file
     except (TranscodeError, VideoDecodeError, cv2.error, OSError) as exc:
         err = {"index": index, "id": entry_id, "path": rel, "error": f"{type(exc).__name__}: {str(exc).strip()}"}
         atomic_write_text(_failed_path(Path(out_dir), index), json.dumps(err, sort_keys=True) + "\n")
@@ -249,37 +295,48 @@ def _run_copies(manifest: Manifest, todo: list[int], out_dir: Path, spec: Transc
     return done
 
 
-def copies_manifest(manifest: Manifest, out_dir: Path, final_dir: Path,
-                    spec: TranscodeSpec) -> tuple[Manifest, list[dict]]:
-    """The manifest of the copies (rooted at ``final_dir/videos``) and the failure records; a failed
-    video keeps its original (absolute path, size) so that every entry stays readable."""
-    entries, failures = [], []
-    for i, e in enumerate(manifest.entries):
-        fp = _failed_path(out_dir, i)
-        if fp.is_file():
-            failures.append(json.loads(fp.read_text(encoding="utf-8")))
-            entries.append(replace(e, path=str(manifest.abspath(e).resolve())))
-            continue
+def failure_records(out_dir: Path, total: int) -> list[dict]:
+    """The ``failed/<index>.json`` records present, in manifest order."""
+    return [json.loads(_failed_path(out_dir, i).read_text(encoding="utf-8")) for i in range(total)
+            if _failed_path(out_dir, i).is_file()]
+
+
+def copies_manifest(manifest: Manifest, out_dir: Path, spec: TranscodeSpec) -> Manifest:
+    """The manifest of the copies, rooted at ``out_dir/videos`` (every video copied)."""
+    entries = []
+    for e in manifest.entries:
         w, h = output_size(e.width, e.height, spec.short_side)
         entries.append(replace(e, path=copy_relpath(e, spec.codec), width=w, height=h))
-    return Manifest(manifest.dataset, Path(final_dir) / VIDEOS_DIR, list(manifest.classes), entries), failures
+    return Manifest(manifest.dataset, Path(out_dir) / VIDEOS_DIR, list(manifest.classes), entries)
 
 
-def _finish(manifest_dir: Path, manifest: Manifest, out_dir: Path, final_dir: Path, spec: TranscodeSpec,
+def _fail_incomplete(out_dir: Path, failures: list[dict], total: int, is_main: bool) -> None:
+    """Some videos failed: write failed.jsonl (for the user) and refuse to finish the stage."""
+    listing = out_dir / FAILED_FILE
+    if is_main:
+        atomic_write_text(listing, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+    first = failures[0]
+    raise StageError(
+        f"transcode: {len(failures)} of {total} videos could not be copied, so the stage is not done "
+        f"(first: {first['path']}: {first['error']}; all in {listing}). Fix the cause and rerun the same "
+        f"command: it retries only those; a source that stays unreadable must leave the manifest "
+        f"(rebuild it with `pipeline manifest --force`)")
+
+
+def _finish(manifest_dir: Path, manifest: Manifest, out_dir: Path, spec: TranscodeSpec,
             summary: dict[str, Any]) -> dict[str, Any]:
-    """Every video is finished: write the copies' manifest, failed.jsonl and transcode.json."""
-    copies, failures = copies_manifest(manifest, out_dir, final_dir, spec)
-    write_manifest(out_dir, copies, load_rejected(manifest_dir))
-    atomic_write_text(out_dir / FAILED_FILE, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+    """Every video is copied: write the copies' manifest (root relative: relocatable) and transcode.json."""
+    copies = copies_manifest(manifest, out_dir, spec)
+    write_manifest(out_dir, copies, load_rejected(manifest_dir), relative_to=out_dir)
+    atomic_write_text(out_dir / FAILED_FILE, "")
     for tmp in (out_dir / VIDEOS_DIR).rglob(f"*{PARTIAL_MARK}*"):
         tmp.unlink(missing_ok=True)
-    ok = [e for e, c in zip(manifest.entries, copies.entries) if not Path(c.path).is_absolute()]
-    copy_bytes = sum((out_dir / VIDEOS_DIR / c.path).stat().st_size for c in copies.entries
-                     if not Path(c.path).is_absolute())
+    ok = list(manifest.entries)
+    copy_bytes = sum((out_dir / VIDEOS_DIR / c.path).stat().st_size for c in copies.entries)
     src_bytes = sum(source_bytes(p) if is_frame_source(p) else p.stat().st_size
                     for p in (manifest.abspath(e) for e in ok) if is_frame_source(p) or p.is_file())
     hours = sum(e.frames / e.fps for e in ok if e.fps > 0) / 3600
-    summary.update(complete=True, failed=len(failures), copied=len(ok), bytes=copy_bytes, source_bytes=src_bytes,
+    summary.update(complete=True, failed=0, copied=len(ok), bytes=copy_bytes, source_bytes=src_bytes,
                    bytes_per_video=round(copy_bytes / max(1, len(ok))),
                    bytes_per_hour=round(copy_bytes / hours) if hours > 0 else None,
                    size_ratio_to_source=round(copy_bytes / src_bytes, 3) if src_bytes else None)
@@ -293,18 +350,20 @@ def build_transcode(manifest_dir: Path, out_dir: Path, spec: TranscodeSpec, *, d
                     num_shards: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Copy this process's share of the manifest's videos into ``out_dir``; returns a JSON-able summary.
 
-    ``final_dir`` is where ``out_dir`` will be renamed to (the stage folder), recorded as the
-    copies' root. ``complete`` is False while other jobs' videos are missing; the call that
-    finds every video finished (on rank 0; the caller synchronises ranks) writes the manifest.
+    ``final_dir`` (where ``out_dir`` will be renamed to) is accepted for compatibility; the copies'
+    root is recorded relative to the stage folder. ``complete`` is False while other jobs' videos
+    are missing; the call that finds every video copied (on rank 0; the caller synchronises ranks)
+    writes the manifest. Raises a StageError (every rank) when some videos failed.
     """
     from pipeline.core import distributed
 
     out_dir = Path(out_dir)
-    final_dir = Path(final_dir or out_dir)
     manifest = load_manifest(manifest_dir)
     mine = assigned_videos(len(manifest.entries), dist, shard_index, num_shards)
+    retried = _clear_failures(out_dir, mine)
     todo = [i for i in mine if not _is_finished(out_dir, i, manifest.entries[i], spec.codec)]
-    log.info("transcode: %d videos; this process owns %d, %d to copy", len(manifest.entries), len(mine), len(todo))
+    log.info("transcode: %d videos; this process owns %d, %d to copy (%d earlier failures retried)",
+             len(manifest.entries), len(mine), len(todo), retried)
     t0 = time.perf_counter()
     done = _run_copies(manifest, todo, out_dir, spec, workers, progress and dist.is_main)
     seconds = time.perf_counter() - t0
@@ -323,6 +382,9 @@ def build_transcode(manifest_dir: Path, out_dir: Path, spec: TranscodeSpec, *, d
                  "once more to finish", len(missing), len(manifest.entries), manifest.entries[missing[0]].path)
         summary.update(complete=False, videos_missing=len(missing))
         return summary
+    failures = failure_records(out_dir, len(manifest.entries))
+    if failures:
+        _fail_incomplete(out_dir, failures, len(manifest.entries), dist.is_main)
     if dist.is_main:
-        summary = _finish(Path(manifest_dir), manifest, out_dir, final_dir, spec, summary)
+        summary = _finish(Path(manifest_dir), manifest, out_dir, spec, summary)
     return summary

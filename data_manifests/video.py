@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,12 +93,17 @@ def open_video(path: str | Path, *, threads: int | None = None) -> Iterator[cv2.
     """An opened FFmpeg capture of ``path``, always released; VideoDecodeError if it will not open."""
     p = Path(path)
     if not p.is_file():
+        if p.is_symlink() and not p.exists():
+            raise VideoDecodeError(p, "a broken symbolic link (its target is missing, or the links loop)")
         raise VideoDecodeError(p, "file does not exist" if not p.exists() else "not a regular file")
     n = _decoder_threads(threads)
     params = [] if n is None else [cv2.CAP_PROP_N_THREADS, n]
     cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG, params)
     try:
         if not cap.isOpened():
+            if not os.access(p, os.R_OK):  # FFmpeg says the same for both: tell the user which
+                raise VideoDecodeError(p, "permission denied: this user cannot read the file (fix its "
+                                          "permissions)")
             raise VideoDecodeError(p, "OpenCV/FFmpeg cannot open it as a video (corrupt, truncated, "
                                       "not a video or no video stream)")
         yield cap

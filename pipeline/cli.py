@@ -18,6 +18,7 @@ from pipeline.cli_types import SuggestChoice
 from pipeline.core import distributed
 from pipeline.core.config import Config, default_toml_text, dump_toml, load_config, toml_value
 from pipeline.core.errors import user_message
+from pipeline.core.files import usable_folder
 from pipeline.stage import BuildOptions, Stage, run_stage, stage_status, verify_stage
 from pipeline.stages import StageGraph
 
@@ -138,8 +139,8 @@ def main(ctx: click.Context, work_dir: Path, config_file: Path | None, overrides
     ctx.call_on_close(distributed.cleanup)  # destroy the process group (NCCL communicators) on every exit path
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit then fails the write (EFBIG, one clear line)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # instead of killing the process mid-write
-    ctx.obj = Session(work_dir=work_dir.resolve(), config_file=config_file, overrides=list(overrides),
-                      verbose=verbose)
+    ctx.obj = Session(work_dir=usable_folder(work_dir, "--work-dir"), config_file=config_file,
+                      overrides=list(overrides), verbose=verbose)
 
 
 def _session(ctx: click.Context) -> Session:
@@ -487,18 +488,23 @@ def linear_probe(ctx: click.Context, dataset: str | None, split: int | None, dev
 
 @main.command(context_settings=CONTEXT)
 @click.option("--layout", type=click.Choice(["student", "rspnet", "torchvision", "torchvision-r3d_18", "mmaction2"]),
-              default="student", help="Whose checkpoint layout to write (README: what loads where).")
+              default="student", help="Whose checkpoint layout to write (README: what loads where); one the model "
+                                      "cannot load into is refused with the reason and the layouts that fit.")
 @click.option("--branch", type=click.Choice(["both", "human", "contrastive"]), default=None,
               help="both: the [z_h || z_c] encoder (student layout); human / contrastive: f_l + that branch.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A pretrained student.pt [default: the config's finished pretrain stage].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The file to write.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 @click.pass_context
-def export(ctx: click.Context, layout: str, branch: str | None, checkpoint: Path | None, output: Path) -> None:
+def export(ctx: click.Context, layout: str, branch: str | None, checkpoint: Path | None, output: Path,
+           force: bool) -> None:
     """Write the pretrained encoder as a checkpoint another codebase loads without conversion code."""
     from student.export import export_checkpoint
 
+    if output.exists() and not force:
+        fail(f"export: {output} already exists; pass --force to overwrite it, or choose another -o")
     session = _session(ctx)
     if checkpoint is None:
         cfg = _config_or_fail(session)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipeline import completeness
 from pipeline.core import distributed
 from pipeline.core.code_digest import code_digests
 from pipeline.core.config import Config, dump_toml
@@ -156,9 +157,12 @@ class Stage:
 
 OUTPUTS_KEY = "outputs"
 _HDF5_SUFFIXES = (".h5", ".hdf5")
-# Transcoded videos (up to 240k files, ~420 GB for Kinetics-400) are verified by decoding when they are
-# written; hashing them all again at the end of the stage would cost more than the transcode's I/O.
-_UNHASHED_SUFFIXES = _HDF5_SUFFIXES + (".avi", ".mp4", ".mkv", ".webm")
+# Videos are hashed too (bit flips in a copy must not pass --verify); the cost is measured by
+# bench/input_hash.py and stated in docs/reliability.md.
+_UNHASHED_SUFFIXES = _HDF5_SUFFIXES
+# A file whose mtime changed but not its size is re-hashed by the cheap check when it is this small
+# (a hand-edited manifest label); bigger ones are left to --verify.
+_REHASH_BYTES = 64 << 20
 
 
 def _output_files(folder: Path) -> list[Path]:
@@ -167,13 +171,13 @@ def _output_files(folder: Path) -> list[Path]:
 
 
 def record_outputs(folder: Path) -> dict[str, dict[str, Any]]:
-    """``{relpath: {"size": n, "sha256": hex}}``; HDF5 files get no sha256 (their chunks carry
-    fletcher32 checksums, checked by reading them, which costs no extra pass at build time), nor do
-    video files (checked by size; each transcoded copy was verified by decoding when written)."""
+    """``{relpath: {"size": n, "mtime_ns": t, "sha256": hex}}``; HDF5 files get no sha256 (their chunks
+    carry fletcher32 checksums, checked by reading them, which costs no extra pass at build time)."""
     out: dict[str, dict[str, Any]] = {}
     for rel in _output_files(folder):
         path = folder / rel
-        entry: dict[str, Any] = {"size": path.stat().st_size}
+        st = path.stat()
+        entry: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         if path.suffix.lower() not in _UNHASHED_SUFFIXES:
             entry["sha256"] = sha256_file(path)
         out[rel.as_posix()] = entry
@@ -181,17 +185,21 @@ def record_outputs(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def check_outputs(folder: Path, record: dict[str, Any]) -> list[tuple[str, str]]:
-    """Cheap check (one ``stat`` per file): ``[(relpath, problem)]`` for files gone or resized."""
+    """Cheap check (one ``stat`` per file): ``[(relpath, problem)]`` for files gone or resized; a small
+    file whose mtime changed is re-hashed (an edit that kept the size, e.g. a manifest label)."""
     problems = []
     for rel, entry in sorted((record.get(OUTPUTS_KEY) or {}).items()):
         path = folder / rel
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except OSError:
             problems.append((rel, "missing"))
             continue
-        if size != entry.get("size"):
-            problems.append((rel, f"size {size} bytes, {entry.get('size')} when built"))
+        if st.st_size != entry.get("size"):
+            problems.append((rel, f"size {st.st_size} bytes, {entry.get('size')} when built"))
+        elif entry.get("mtime_ns") not in (None, st.st_mtime_ns) and "sha256" in entry \
+                and st.st_size <= _REHASH_BYTES and sha256_file(path) != entry["sha256"]:
+            problems.append((rel, "content changed since it was built (same size, sha256 differs)"))
     return problems
 
 
@@ -220,6 +228,7 @@ def verify_outputs(folder: Path, record: dict[str, Any]) -> list[tuple[str, str]
     """Full check: sizes, then every byte (sha256, or every HDF5 chunk's fletcher32)."""
     problems = check_outputs(folder, record)
     bad = {rel for rel, _ in problems}
+    videos: dict[str, dict[str, Any]] = {}
     for rel, entry in sorted((record.get(OUTPUTS_KEY) or {}).items()):
         if rel in bad:
             continue
@@ -230,7 +239,9 @@ def verify_outputs(folder: Path, record: dict[str, Any]) -> list[tuple[str, str]
                 problems.append((rel, why))
         elif "sha256" in entry and sha256_file(path) != entry["sha256"]:
             problems.append((rel, "checksum mismatch (sha256 differs from the one recorded at build time)"))
-    return problems
+        elif completeness.is_video(path):
+            videos[rel] = entry
+    return problems + completeness.verify_videos(folder, videos)
 
 
 def _remove_damaged(out: Path, partial: Path, damaged: list[str]) -> None:
@@ -263,9 +274,12 @@ def verify_stage(stage: "Stage", work: Path, *, repair: bool = True) -> list[tup
     out = stage.out_dir(work)
     record = read_record(out)
     problems = verify_outputs(out, record)
-    if problems and repair:
+    changed = completeness.verify_sources(out)  # inputs whose content changed: the whole stage is stale
+    if changed and repair:
+        demote_damaged(stage, work, [(completeness.SOURCES_FILE, changed[0][1])])  # rebuilt whole
+    elif problems and repair:
         demote_damaged(stage, work, problems)
-    return problems
+    return changed + problems
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,6 +499,7 @@ def _finish(stage: Stage, work: Path, partial: Path, summary: dict[str, Any], el
     """Mark a stage done: record its outputs (sizes, checksums) in stage.json, then rename the folder
     into place. The one place where a finished build's outputs are looked at before stage.json exists."""
     out = stage.out_dir(work)
+    outputs = completeness.outputs_or_fail(stage.key, partial, record_outputs)
     record = {
         "stage": stage.kind,
         "name": stage.name,
@@ -494,7 +509,7 @@ def _finish(stage: Stage, work: Path, partial: Path, summary: dict[str, Any], el
         "timings": {"build_s": round(elapsed, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
         "versions": _versions(),
         "world_size": dist.world_size,
-        OUTPUTS_KEY: record_outputs(partial),
+        OUTPUTS_KEY: outputs,
     }
     if out.exists():  # --force, or a leftover folder without stage.json
         trash = out.with_name(out.name + f".old-{os.getpid()}")
@@ -561,9 +576,15 @@ def run_stage(stage: Stage, work: Path, config: Config, *, dist: DistInfo | None
             log.info("%s: part of the work is done (%s); the stage is finished by a run over all shards",
                      stage.key, result.message)
             return None
+        refused: str | None = None
         if dist.is_main:
-            _finish(stage, work, partial, result.summary, elapsed, dist)
-        distributed.barrier()
+            try:
+                _finish(stage, work, partial, result.summary, elapsed, dist)
+            except StageError as exc:  # outputs refused at mark-done (pipeline/completeness.py)
+                refused = str(exc)
+        refused = distributed.broadcast_object(refused)  # every rank fails alike, none waits at a barrier
+        if refused is not None:
+            raise StageError(refused)
     return out
 
 

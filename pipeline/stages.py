@@ -67,6 +67,7 @@ def build_synthetic_stage(ctx: BuildContext, syn: SyntheticConfig) -> BuildResul
 def build_manifest_stage(ctx: BuildContext, name: str, ds: DatasetConfig) -> BuildResult:
     from data_manifests.builders import build_manifest
     from data_manifests.manifest import write_manifest
+    from pipeline.completeness import write_sources
 
     manifest, rejected = build_manifest(
         ds.kind, resolve_path(ds.root, ctx.upstream), [resolve_path(a, ctx.upstream) for a in ds.annotations],
@@ -75,6 +76,8 @@ def build_manifest_stage(ctx: BuildContext, name: str, ds: DatasetConfig) -> Bui
     manifest.dataset = name
     if ctx.dist.is_main:
         write_manifest(ctx.out_dir, manifest, rejected, relative_to=ctx.work_dir)  # movable work dir
+        # each listed video's sha256, so that --verify notices a source replaced at the same size and mtime
+        write_sources(ctx.out_dir, manifest.root, [e.path for e in manifest.entries], workers=ds.workers)
     return BuildResult(manifest_summary(manifest, rejected))
 
 

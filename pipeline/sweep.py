@@ -100,6 +100,26 @@ def sweep_stage(graph: StageGraph, protocol: str, test_set: str | None = None) -
     return graph.evaluate() if protocol == "finetune" else graph.linear_probe()
 
 
+def _duplicates(values: Sequence[int]) -> list[int]:
+    return sorted({v for v in values if list(values).count(v) > 1})
+
+
+def check_arguments(cfg: Config, dataset: str, splits: Sequence[int], seeds: Sequence[int]) -> None:
+    """Refuse arguments that would silently mean something else: a dataset the config does not name
+    (its ``split`` override would otherwise create a folder dataset rooted at "."), a seed no RNG
+    takes, a split or seed given twice (one run counted twice, with a std of 0)."""
+    cfg.dataset(dataset)  # ConfigError naming the known datasets
+    if not splits or not seeds:
+        raise ConfigError("sweep: give at least one --splits and one --seeds value")
+    bad = [s for s in seeds if not 0 <= s < 2 ** 32]
+    if bad:
+        raise ConfigError(f"sweep --seeds {bad[0]}: a seed must be an integer in [0, 2**32)")
+    for option, values in (("--splits", splits), ("--seeds", seeds)):
+        if dup := _duplicates(values):
+            raise ConfigError(f"sweep {option} {dup[0]} is given more than once: each run must be a different "
+                              f"one (a repeated run would be counted twice in the mean and std)")
+
+
 def run_sweep(make_config: Callable[[list[str]], Config], work: Path, protocol: str, dataset: str,
               splits: Sequence[int], seeds: Sequence[int], seed_key: str | None,
               build: Callable[[Config, Any], Path | None], test_set: str | None = None) -> SweepResult:
@@ -113,6 +133,7 @@ def run_sweep(make_config: Callable[[list[str]], Config], work: Path, protocol: 
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"sweep --protocol {protocol}: choose one of {', '.join(PROTOCOLS)}")
+    check_arguments(make_config([]), dataset, splits, seeds)
     seed_key = seed_key or DEFAULT_SEED_KEY[protocol]
     check_dataset(make_config, dataset)
     runs: list[Run] = []

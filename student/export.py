@@ -19,14 +19,15 @@ import torch
 
 from student.checkpointing import load_checkpoint, save_checkpoint
 from pipeline.core.errors import CheckpointError
-from student.export_layouts import LAYOUTS, refusal, rspnet_state, torchvision_state
+from student.export_layouts import LAYOUTS, RSPNET_ARCH, available_layouts, refusal, rspnet_state, torchvision_state
 from student.model import MultiTaskStudent, load_encoders
 
 BRANCHES: tuple[str, ...] = ("both", "human", "contrastive")
 
 LOADS_INTO = {
     "student": "this project: pipeline --set pretrain.init_from=FILE, or student.model.load_encoders",
-    "rspnet": "RSPNet's finetune/retrieval scripts (ckpt['model'], prefix encoder_q.encoder.); also this project",
+    "rspnet": "RSPNet's finetune.py / retrieval.py --moco-checkpoint FILE (arch + epoch + model, prefix "
+              "encoder_q.encoder.); also this project",
     "torchvision": "torchvision.models.video.VideoResNet(BasicBlock, [Conv3DSimple]*4, [2,2,2,2], stem=<7x7x7 "
                    "conv + BN + ReLU + 3x3x3 max-pool>) with fc = nn.Identity(), strict",
 }
@@ -112,7 +113,7 @@ def export_state(student: MultiTaskStudent, meta: dict[str, Any], layout: str, b
         heads = None
         if branch == "contrastive":  # RSPNet's heads sit on its (contrastive) encoder
             heads = {"fc1": student.g_a[2].state_dict(), "fc2": student.g_m[2].state_dict()}
-        return rspnet_state(backbone, heads)
+        return rspnet_state(backbone, RSPNET_ARCH[name], int(meta.get("epochs", 0)), heads)
     return torchvision_state(backbone)
 
 
@@ -139,7 +140,10 @@ def export_checkpoint(source: Path, out: Path, layout: str, branch: str | None =
     """Read a pretrained ``student.pt`` and write ``out`` in ``layout`` (branch default: ``both`` for the
     student layout; a backbone layout needs ``human`` or ``contrastive``)."""
     student, meta = student_from_file(Path(source))
-    state = export_state(student, meta, layout, branch)
+    try:
+        state = export_state(student, meta, layout, branch)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     branch = branch or "both"
     save_checkpoint(Path(out), state)
     tensors = _named_tensors(state)
@@ -158,5 +162,5 @@ def read_exported(path: Path) -> dict[str, Any]:
     return load_checkpoint(Path(path))
 
 
-__all__ = ["BRANCHES", "CheckpointError", "ExportResult", "branch_backbone", "export_checkpoint", "export_state",
-           "student_from_file", "read_exported"]
+__all__ = ["BRANCHES", "CheckpointError", "ExportResult", "available_layouts", "branch_backbone", "export_checkpoint",
+           "export_state", "student_from_file", "read_exported"]

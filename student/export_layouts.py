@@ -6,8 +6,14 @@ code, or refuses, in one line, when that codebase has no module of the same arch
 renamed state dict that loads but computes something else would be worse than no file).
 
 What the targets are (facts read from their published code and configs; none of it is used here):
-- RSPNet: ``{"model": {"encoder_q.encoder.<backbone key>": ..., "encoder_q.fc1.2.*" (A-VID head),
-  "encoder_q.fc2.2.*" (RSP head)}}``; the backbone keys are exactly ours.
+- RSPNet: ``{"arch": ..., "epoch": ..., "model": {"encoder_q.encoder.<backbone key>": ...,
+  "encoder_q.fc1.2.*" (A-VID head), "encoder_q.fc2.2.*" (RSP head)}}``; the backbone keys are exactly
+  ours. Its ``finetune.py`` (``load_moco_checkpoint``) takes the MoCo branch (prefix ``encoder_q.``)
+  only when the file has BOTH ``model`` and ``arch``; otherwise it treats the file as a third-party
+  checkpoint, strips nothing and loads with ``strict=False``: every tensor is missed, with only a
+  warning. ``retrieval.py`` reads ``epoch`` (an int) and ``model`` with prefix ``encoder_q.encoder.``.
+  Its architectures are named ``c3d``, ``r2plus1d-vcop`` and ``resnet18`` and are built at full width
+  (no width option), so a narrower backbone cannot load there.
 - torchvision ``VideoResNet`` (the class behind ``r3d_18``): ``stem.0`` conv, ``stem.1`` BN;
   ``layerN.i.conv1.0`` conv, ``conv1.1`` BN, ``conv2.0`` conv, ``conv2.1`` BN, ``downsample.0/1``;
   ``fc`` head. ``r3d_18()`` itself builds a 3×7×7 stem conv (padding 1,3,3) and NO max-pool, while
@@ -49,31 +55,51 @@ _TORCHVISION_R3D18_REASON = (
     "3x3x3 max-pool, so these weights cannot load into r3d_18()")
 
 
+RSPNET_ARCH = {"c3d": "c3d", "r2plus1d": "r2plus1d-vcop", "r3d18": "resnet18"}
+
+
 def refusal(layout: str, backbone: str, width: float) -> str | None:
     """The one-line reason ``layout`` cannot hold ``backbone`` at ``width``, or None when it can."""
-    if layout in ("student", "rspnet"):
+    why = _why_not(layout, backbone, width)
+    if why is None:
+        return None
+    fits = ", ".join(available_layouts(backbone, width))
+    return f"{why}; layouts that can hold this {backbone} x{width:g}: {fits}"
+
+
+def available_layouts(backbone: str, width: float) -> list[str]:
+    """The layouts whose target can load ``backbone`` at ``width`` (``student`` always can)."""
+    return [name for name in LAYOUTS if _why_not(name, backbone, width) is None]
+
+
+def _why_not(layout: str, backbone: str, width: float) -> str | None:
+    if layout == "student":
+        return None
+    if layout == "rspnet":
+        if width != 1.0:
+            return (f"RSPNet's scripts build {RSPNET_ARCH[backbone]} at full width (they have no width option), "
+                    f"so a width-{width:g} backbone would not load there")
         return None
     if layout == "mmaction2":
-        return f"{_MMACTION2_REASONS[backbone]}; export --layout rspnet instead"
+        return _MMACTION2_REASONS[backbone]
     if backbone != "r3d18":
-        return f"torchvision has no {backbone} video model; export --layout rspnet instead"
+        return f"torchvision has no {backbone} video model"
     if layout == "torchvision-r3d_18":
-        return (f"{_TORCHVISION_R3D18_REASON}; use --layout torchvision (the same key names, for VideoResNet "
-                f"with RSPNet's stem) or --layout rspnet")
+        return f"{_TORCHVISION_R3D18_REASON} (--layout torchvision targets VideoResNet with RSPNet's stem)"
     if width != 1.0:
-        return (f"torchvision's VideoResNet has fixed widths (64..512) and this R3D-18 has width {width}; "
-                f"export --layout rspnet instead")
+        return f"torchvision's VideoResNet has fixed widths (64..512) and this R3D-18 has width {width:g}"
     return None
 
 
-def rspnet_state(backbone: Mapping[str, torch.Tensor],
+def rspnet_state(backbone: Mapping[str, torch.Tensor], arch: str, epoch: int,
                  heads: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> dict[str, object]:
-    """``{"model": {...}}`` as RSPNet saves it: the backbone under ``encoder_q.encoder.``, heads as
+    """``{"arch", "epoch", "model"}`` as RSPNet's pretraining saves it (``arch`` and ``epoch`` are what
+    its finetune / retrieval scripts test for): the backbone under ``encoder_q.encoder.``, heads as
     ``encoder_q.fc1.2.*`` (A-VID) and ``encoder_q.fc2.2.*`` (RSP) when given."""
     model: dict[str, torch.Tensor] = {RSPNET_PREFIX + k: v for k, v in backbone.items()}
     for fc, state in (heads or {}).items():
         model.update({f"encoder_q.{fc}.2.{k}": v for k, v in state.items()})
-    return {"model": model}
+    return {"arch": arch, "epoch": int(epoch), "model": model}
 
 
 _TV_BLOCK = re.compile(r"^(layer\d\.\d+\.)(conv|bn)([12])\.(.+)$")
@@ -102,4 +128,5 @@ def torchvision_state(backbone: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return {torchvision_key(k): v for k, v in backbone.items()}
 
 
-__all__ = ["LAYOUTS", "CheckpointError", "refusal", "rspnet_state", "torchvision_key", "torchvision_state"]
+__all__ = ["LAYOUTS", "RSPNET_ARCH", "CheckpointError", "available_layouts", "refusal",
+           "rspnet_state", "torchvision_key", "torchvision_state"]

@@ -12,7 +12,9 @@ running statistics, which never enter a training loss (BN uses batch statistics 
 and the key encoder copies the query encoder's buffers each step); the MoCo queue is identical
 on every rank by construction (each rank enqueues the same gathered keys). Broadcasting all
 buffers would resend the whole queue (K×128 floats) every step. Instead the running statistics
-are averaged over ranks before every checkpoint, so the saved model is rank-independent.
+are averaged over ranks into every checkpoint, so the saved model is rank-independent, while each
+rank trains on with its own statistics (also saved, per rank, and restored on resume: averaging the
+live statistics at a checkpoint made a resumed torchrun run differ from an uninterrupted one).
 """
 from __future__ import annotations
 
@@ -143,6 +145,12 @@ def init_from_checkpoint(pm: PretrainModel, path: str) -> None:
 
 def _bn_buffers(module: nn.Module) -> list[torch.Tensor]:
     return [b for name, b in module.named_buffers() if name.endswith(("running_mean", "running_var"))]
+
+
+def _set_bn_buffers(module: nn.Module, values: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for b, v in zip(_bn_buffers(module), values, strict=True):
+            b.copy_(v)
 
 
 def average_bn_stats(module: nn.Module) -> None:
@@ -313,6 +321,8 @@ def _maybe_resume(net: _Net, ckpt_path: Path, config: dict[str, Any], dist: Dist
     epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
     global_step = int(state["global_step"])
     restore_rng(state["rng"][dist.rank])
+    if state.get("bn_stats_per_rank"):  # the rank's own BN statistics, as an uninterrupted run has them
+        _set_bn_buffers(net.pm, state["bn_stats_per_rank"][dist.rank])
     if dist.is_main:
         log.info("pretrain: resuming from %s at epoch %d, step %d", ckpt_path.name, epoch, step)
     return epoch, step, global_step, {"epoch": epoch, "step_in_epoch": step, "global_step": global_step}
@@ -365,9 +375,11 @@ class _Loop:
         self.dist, self.device = dist, device
         self.out_dir, self.config, self.on_step = out_dir, config, on_step
         self.ckpt_path = out_dir / "checkpoints" / "last.pt"
+        # DDP first: its set-up broadcasts rank 0's buffers, which would overwrite the rank-local BN
+        # statistics that a resume restores (issue #21: the source of the 1e-7 torchrun resume gap).
+        self.ddp = wrap_ddp(net.pm, dist, device, broadcast_buffers=False)
         self.start_epoch, self.start_step, self.global_step, self.resumed_from = _maybe_resume(
             net, self.ckpt_path, config, dist, data.spe)
-        self.ddp = wrap_ddp(net.pm, dist, device, broadcast_buffers=False)
         self.stop_group = stop_flag_group(dist, device)
         self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=dist.is_main)
         self.bar = Progress(data.total_steps - self.global_step, "pretrain", "step", enabled=dist.is_main)
@@ -381,17 +393,21 @@ class _Loop:
         if step_in_epoch >= self.data.spe:
             epoch, step_in_epoch = epoch + 1, 0
         net = self.net
+        own = [b.detach().clone() for b in _bn_buffers(net.pm)]
         average_bn_stats(net.pm)
         rngs = all_gather_objects(capture_rng())
+        bn_per_rank = all_gather_objects([b.cpu() for b in own]) if self.dist.distributed else None
         if self.dist.is_main:
             save_checkpoint(self.ckpt_path, {
                 "format": CHECKPOINT_FORMAT, "kind": "pretrain", "model": net.pm.state_dict(),
                 "optimizer": net.optimizer.state_dict(), "scheduler": net.scheduler.state_dict(),
                 "scaler": net.scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
                 "global_step": self.global_step, "steps_per_epoch": self.data.spe,
-                "world_size": self.dist.world_size, "rng": rngs, "config": self.config,
+                "world_size": self.dist.world_size, "rng": rngs, "bn_stats_per_rank": bn_per_rank,
+                "config": self.config,
                 "num_parts": len(self.data.label_names), "label_names": self.data.label_names,
             })
+        _set_bn_buffers(net.pm, own)  # training goes on with this rank's own statistics, saved or not
         barrier()
 
     def run(self) -> None:
@@ -486,6 +502,7 @@ class _Loop:
         elapsed = time.perf_counter() - self.t_start
         clips_per_s = self.steps_run * net.global_batch / elapsed if self.steps_run else 0.0
         num_parts = len(data.label_names)
+        average_bn_stats(net.pm)  # training is over: the saved student is rank-independent
         if dist.is_main:
             save_checkpoint(self.out_dir / "student.pt", {
                 "model_config": dataclasses.asdict(self.model_cfg), "num_parts": num_parts,

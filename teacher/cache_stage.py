@@ -30,7 +30,7 @@ from pipeline.core.config import ClipsConfig, TeacherConfig
 from pipeline.core.distributed import DistInfo, job_share
 from pipeline.core.errors import TeacherCacheError
 from pipeline.core.files import atomic_write_text
-from pipeline.core.lifetime import DieWithParent
+from pipeline.core.lifetime import DieWithParent, stop_loader_workers
 from pipeline.core.progress import MetricsLog, Progress
 from pipeline.core.runtime import stage_device
 from teacher.backends import TeacherBackend, backend_labels, input_loader, make_backend
@@ -280,6 +280,7 @@ def _build_shards(out_dir: Path, cp: _CachePlan, todo: list[int], teacher: Teach
             _feed(builder, it, res, bar, len(todo))
     finally:
         builder.close()
+        stop_loader_workers(it)  # after an error a worker may be stuck handing over a batch: never wait on it
         del it
     res.seconds = time.perf_counter() - t0
     return res

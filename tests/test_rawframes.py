@@ -162,6 +162,23 @@ def test_class_lists(tmp_path: Path):
         read_class_list(ind)
 
 
+def test_sources_of_a_frame_folder_manifest_notice_a_changed_frame(tmp_path: Path):
+    """sources.jsonl (pipeline/completeness.py) hashes a frame folder's files: a replaced frame is noticed."""
+    from data_manifests.manifest import write_manifest
+    from pipeline.completeness import verify_sources, write_sources
+
+    scuba_fixture(tmp_path)
+    manifest, rejected = _build(tmp_path)
+    out = tmp_path / "manifest"
+    write_manifest(out, manifest, rejected)
+    write_sources(out, manifest.root, [e.path for e in manifest.entries], workers=1)
+    assert verify_sources(out) == []
+    frame = tmp_path / "frames" / "wave" / "v_wave_1" / "frame000003.jpg"
+    assert cv2.imwrite(str(frame), _frames(1, seed=9)[0])
+    problems = verify_sources(out)
+    assert len(problems) == 1 and "v_wave_1" in problems[0][0] and "content changed" in problems[0][1]
+
+
 def test_transcode_copies_a_frame_folder(tmp_path: Path):
     scuba_fixture(tmp_path)
     manifest, _ = _build(tmp_path)

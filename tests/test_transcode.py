@@ -26,10 +26,11 @@ import pytest
 
 from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, write_manifest
-from data_manifests.transcode import (FAILED_FILE, TranscodeSpec, assigned_videos, build_transcode, copy_relpath,
-                                      output_size, transcode_video)
+from data_manifests.transcode import (FAILED_FILE, TranscodeSpec, assigned_videos, build_transcode, output_size,
+                                      transcode_video)
 from data_manifests import video as V
 from pipeline.core.distributed import DistInfo
+from pipeline.core.errors import StageError
 
 from test_video import CLIPS
 
@@ -234,13 +235,11 @@ def test_sharded_jobs_and_corrupt_input(shared_data, tmp_path):
     assert assigned_videos(4, DistInfo(rank=1, world_size=2), 0, 2) == [2]
     first = build_transcode(man, out, SPEC, dist=DistInfo(), shard_index=0, num_shards=2, progress=False)
     assert first["complete"] is False and first["videos_missing"] == 2
-    second = build_transcode(man, out, SPEC, dist=DistInfo(), shard_index=1, num_shards=2, progress=False)
-    assert second["complete"] is True and second["failed"] == 1 and second["copied"] == 3
+    with pytest.raises(StageError, match="broken.avi"):  # a failed copy: the stage is not done
+        build_transcode(man, out, SPEC, dist=DistInfo(), shard_index=1, num_shards=2, progress=False)
     failed = [json.loads(line) for line in (out / FAILED_FILE).read_text().splitlines()]
     assert [f["id"] for f in failed] == ["bad"] and "broken.avi" in failed[0]["error"]
-    m = load_manifest(out)
-    assert m.abspath(m.entries[3]) == bad.resolve(), "a failed video is read from its original"
-    assert m.root == out / "videos" and m.entries[0].path == copy_relpath(load_manifest(man).entries[0], "mjpeg")
+    assert not (out / "meta.json").exists()
 
 
 def test_stage_wiring_follows_the_config(tmp_path):

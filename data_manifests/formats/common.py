@@ -42,7 +42,12 @@ class FileIndex:
         self.root = Path(root)
         files: list[str] = []
         seen_dirs: set[tuple[int, int]] = set()
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+        self.unlisted: list[str] = []  # folders that could not be read ("path: reason"), warned about
+
+        def skipped(exc: OSError) -> None:
+            self.unlisted.append(f"{exc.filename}: {exc.strerror}")
+
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True, onerror=skipped):
             st = os.stat(dirpath)
             if (st.st_dev, st.st_ino) in seen_dirs:  # symlink loop
                 dirnames[:] = []

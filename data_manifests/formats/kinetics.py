@@ -76,7 +76,14 @@ def _rows(path: Path) -> list[tuple[str, dict[str, str]]]:
         raise ValueError(f"{path}: header {header} lacks {sorted(need - set(header))} "
                          f"(expected label,youtube_id,time_start,time_end,split)")
     # line numbers: header is line 1
-    return [(f"{path}:{n}", row) for n, row in enumerate(reader, 2)]
+    rows = [(f"{path}:{n}", row) for n, row in enumerate(reader, 2)]
+    for where, row in rows:  # a short row leaves its last columns None: name that, not a column's value
+        absent = [h for h in header if row.get(h) is None and h in need | {"label", "split"}]
+        if absent:
+            given = sum(v is not None for k, v in row.items() if k is not None)
+            raise ValueError(f"{where}: the row has {given} field(s), the header {len(header)} "
+                             f"({','.join(header)}); missing: {', '.join(absent)}")
+    return rows
 
 
 def parse(annotations: Sequence[Path], split: int, index: FileIndex,

@@ -224,7 +224,7 @@ class PretrainConfig:
     lambda_kd: float = _opt(1.0, min=0.0)
     lambda_m: float = _opt(1.0, min=0.0)
     lambda_a: float = _opt(1.0, min=0.0)
-    queue_size: int = _opt(16384, min=1)  # trimmed to a multiple of the global batch (as RSPNet)
+    queue_size: int = _opt(16384, min=1, max=1 << 20)  # trimmed to a multiple of the global batch (as RSPNet)
     # keep each queued key's video id and leave a query's own video out of its A-VID negatives
     exclude_same_video: bool = _opt(True)
     moco_momentum: float = _opt(0.999, min=0.0, max=1.0)
@@ -391,10 +391,43 @@ class RunConfig:
 
     Keys:
         stages: stage kinds ``pipeline run`` builds, in order (transcode only when [transcode] enabled).
+        fidelity: "fast" runs the configured numerics; "official" puts the official code's numerics and inputs
+            over them (fp32 teacher and student, 256-pixel copies, the paper's finetuning protocol;
+            docs/fidelity.md), and refuses a --set that contradicts them.
     """
 
     stages: list[str] = _list(["synthetic", "manifest", "transcode", "teacher-cache", "pretrain", "finetune",
                                "evaluate"])  # transcode: only when [transcode] enabled
+    # "official": the official code's numerics and inputs (OFFICIAL_NUMERICS); "fast": the configured ones
+    fidelity: str = _exec("fast", choices=("fast", "official"))
+
+
+# run.fidelity = "official": what SCHP's and RSPNet's own code compute with (docs/fidelity.md). The teacher
+# in float32 (SCHP's tools never use half precision; fp16/bf16 move its softmax by ~5e-3 / ~3e-2), the
+# student trained and tested in float32 (RSPNet's scripts have no autocast), the student reading copies
+# 256 pixels high as RSPNet's transcode script writes them, and RSPNet's finetuning protocol.
+OFFICIAL_NUMERICS: dict[tuple[str, str], Any] = {
+    ("teacher", "amp"): "off", ("pretrain", "amp"): "off", ("finetune", "amp"): "off",
+    ("transcode", "short_side"): 256, ("finetune", "protocol"): "paper",
+}
+
+
+def apply_fidelity(raw: dict[str, Any], where: str, explicit: set[tuple[str, ...]]) -> list[str]:
+    """Put :data:`OFFICIAL_NUMERICS` into ``raw`` when ``run.fidelity = "official"`` (over the config file's
+    values); a ``--set`` (``explicit``) of one of those keys to another value is an error: the switch promises
+    the official numerics, so it never half-applies. Returns what it changed, for the config's sources."""
+    if raw.get("run", {}).get("fidelity", "fast") != "official":
+        return []
+    changed = []
+    for (section, key), value in OFFICIAL_NUMERICS.items():
+        table = raw.setdefault(section, {})
+        if (section, key) in explicit and table[key] not in (value, "auto"):
+            raise ConfigError(f"{where}: run.fidelity = 'official' needs {section}.{key} = {value!r} "
+                              f"(the official code's), but --set gives {table[key]!r}; drop one of the two")
+        if table.get(key) != value:
+            changed.append(f"run.fidelity=official: {section}.{key}={value!r}")
+        table[key] = value
+    return changed
 
 
 @dataclass
@@ -537,10 +570,23 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Underflow(ValueError):
+    """A number written non-zero that floating point rounds to 0.0 (``1e-400``)."""
+
+
+def _exact_float(text: str) -> float:
+    """TOML's float parser, refusing numbers that silently become 0.0 (an lr of 1e-400 is no lr)."""
+    value = float(text)
+    mantissa = text.lower().split("e")[0]
+    if value == 0.0 and any(c in "123456789" for c in mantissa):
+        raise _Underflow(f"{text} is too small for floating point (it becomes 0.0); give 0 or a larger number")
+    return value
+
+
 def _parse_value(text: str) -> Any:
     """A ``--set`` value is read as a TOML value; a bare word is a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        return tomllib.loads(f"v = {text}", parse_float=_exact_float)["v"]
     except tomllib.TOMLDecodeError:
         return text
 
@@ -552,7 +598,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if len(path) < 2:
         raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set pretrain.epochs=10")
-    return path, _parse_value(value.strip())
+    try:
+        return path, _parse_value(value.strip())
+    except _Underflow as exc:
+        raise ConfigError(f"--set {item!r}: {exc}") from None
 
 
 def default_toml_text() -> str:
@@ -562,7 +611,9 @@ def default_toml_text() -> str:
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            return tomllib.load(fh, parse_float=_exact_float)
+    except _Underflow as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
@@ -618,6 +669,15 @@ def _test_sets(datasets: dict[str, Any], where: str) -> dict[str, dict[str, Data
 def _check_consistency(cfg: Config, where: str) -> None:
     if not cfg.clips.speeds or any(s < 1 for s in cfg.clips.speeds):
         raise ConfigError(f"{where}: clips.speeds must be a non-empty list of positive integers")
+    if len(set(cfg.clips.speeds)) != len(cfg.clips.speeds) or len(cfg.clips.speeds) < 2:
+        raise ConfigError(f"{where}: clips.speeds {cfg.clips.speeds} must hold at least two different speeds "
+                          f"(the speed task compares a clip with the same clip at another speed)")
+    if cfg.pretrain.lr <= 0:
+        raise ConfigError(f"{where}: pretrain.lr {cfg.pretrain.lr} must be above 0 (a student that never "
+                          f"moves would be marked done)")
+    if cfg.pretrain.queue_size < cfg.pretrain.batch_size:
+        raise ConfigError(f"{where}: pretrain.queue_size {cfg.pretrain.queue_size} is below pretrain.batch_size "
+                          f"{cfg.pretrain.batch_size}: the queue is trimmed to a multiple of the global batch")
     for name in (cfg.pretrain.dataset, cfg.finetune.dataset):
         if name and cfg.datasets and name not in cfg.datasets:
             raise ConfigError(f"{where}: dataset {name!r} is used but there is no [datasets.{name}] table"
@@ -642,6 +702,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raw = _read_toml(Path(path))
         sources = [str(path)]
         where = f"config file {path}"
+    explicit: set[tuple[str, ...]] = set()
     for item in overrides:
         keypath, value = parse_override(item)
         node = raw
@@ -651,8 +712,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 raise ConfigError(f"--set {item!r}: {'.'.join(keypath[:-1])} is not a section")
         node[keypath[-1]] = value
         sources.append(f"--set {item}")
+        explicit.add(tuple(keypath))
     if overrides:
         where = f"{where} with --set overrides"
+    sources += apply_fidelity(raw, where, explicit)
     cfg = from_dict(raw, where)
     cfg.sources = sources
     return cfg

@@ -71,16 +71,52 @@ def _int_env(name: str, default: int) -> int:
                           f"is not a whole number of seconds") from None
 
 
+def env_local_rank() -> int:
+    """This process's index on its node: ``LOCAL_RANK`` (torchrun), else ``SLURM_LOCALID`` (tasks that
+    ``srun`` starts directly, one per GPU), else 0."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {name}={value!r} is not a whole number") from None
+    return 0
+
+
+def visible_gpus() -> int:
+    """How many GPUs this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_index(local_rank: int, visible: int) -> int:
+    """Which visible GPU this rank takes, under every way Slurm (or a user) binds GPUs to tasks.
+
+    One GPU visible (``--gpus-per-task=1``, ``--gpu-bind=single:1`` / ``map_gpu``, or
+    CUDA_VISIBLE_DEVICES set per task): that GPU, ``cuda:0``, whatever the local rank. Several
+    visible (torchrun with the node's GPUs, or ``srun`` tasks that all see them): GPU ``local_rank``.
+    None visible (``visible`` 0: CUDA absent here): GPU ``local_rank`` by name; using it fails in torch.
+    """
+    if visible == 1:
+        return 0
+    if 1 < visible <= local_rank:
+        raise ConfigError(f"local rank {local_rank} but only {visible} GPUs are visible to it (CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): start at most {visible} "
+                          f"processes per node, or give each task one GPU (Slurm --gpus-per-task=1)")
+    return local_rank
+
+
 def resolve_device(requested: str = "auto", local_rank: int = 0) -> str:
-    """'auto' picks this rank's GPU when there is one, else the CPU; 'cuda' is this rank's GPU.
+    """'auto' picks this rank's GPU when there is one, else the CPU; 'cuda' is this rank's GPU
+    (:func:`gpu_index`: GPU LOCAL_RANK, or the one GPU a task was given).
 
     Under torchrun every rank reads the same config, so ``cuda:N`` would put every rank on GPU N:
-    refused (use 'cuda' or 'auto': rank r then uses GPU LOCAL_RANK).
+    refused (use 'cuda' or 'auto').
     """
     if requested == "auto":
-        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        return f"cuda:{gpu_index(local_rank, visible_gpus())}" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
-        return f"cuda:{local_rank}"
+        return f"cuda:{gpu_index(local_rank, visible_gpus())}"
     if requested.startswith("cuda:") and launched_by_torchrun():
         raise ConfigError(f"device {requested!r} under torchrun would put every rank on one GPU: use --device cuda "
                           f"(or auto; each rank then takes GPU LOCAL_RANK), and CUDA_VISIBLE_DEVICES to choose GPUs")
@@ -111,12 +147,12 @@ def init_distributed(device: str = "auto", timeout_s: int | None = None) -> Dist
     global _wait_group
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = env_local_rank()
     dev = resolve_device(device, local_rank)
     if not tdist.is_initialized():
         timeout = timeout_s if timeout_s is not None else _int_env("PIPELINE_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
+        if torch.cuda.is_available():  # NCCL's communicators are made on the current device: this rank's GPU
+            torch.cuda.set_device(gpu_index(local_rank, visible_gpus()))
         tdist.init_process_group(backend=process_group_backend(), timeout=datetime.timedelta(seconds=timeout))
         wait_s = _int_env("PIPELINE_RANK0_WAIT_S", RANK0_WAIT_S)
         _wait_group = tdist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=wait_s))
@@ -140,7 +176,7 @@ def current() -> DistInfo:
     """The description of this process without initialising anything."""
     if is_distributed():
         return DistInfo(rank=tdist.get_rank(), world_size=tdist.get_world_size(),
-                        local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+                        local_rank=env_local_rank())
     return DistInfo()
 
 

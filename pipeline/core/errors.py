@@ -33,7 +33,8 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value, command-line option or environment setting is invalid or cannot be honoured here
-    (an unknown key, a bad protocol, fp16 on a CPU, shard options that do not go together)."""
+    (an unknown key, a bad protocol, fp16 on a CPU, shard options that do not go together, a folder path
+    with a symlink loop or too long to hold the stages' files)."""
 
 
 class DataError(UserError, ValueError):
@@ -51,8 +52,9 @@ class CheckpointError(UserError, ValueError):
 
 
 class StageError(UserError, RuntimeError):
-    """A stage cannot run: an upstream is missing or stale, its inputs are unusable, or another process
-    is building it."""
+    """A stage cannot run or be finished: an upstream is missing or stale, its inputs are unusable, another
+    process is building it, or its build left outputs incomplete (videos that failed to transcode, empty
+    or undecodable files at mark-done), so it is not marked done."""
 
 
 class TrainingError(UserError, RuntimeError):
@@ -114,8 +116,18 @@ def unwrap_worker_message(text: str) -> tuple[str, str] | None:
     return m.group("type").rsplit(".", 1)[-1], msg
 
 
+def _short(name: object, keep: int = 120) -> str:
+    text = str(name)
+    return text if len(text) <= keep else f"{text[:keep // 2]}…{text[-keep // 2:]} ({len(text)} characters)"
+
+
 def _os_message(exc: OSError) -> str | None:
     name = exc.filename if exc.filename is not None else ""
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{_short(name)}: name too long (a path component over 255 bytes or a path over 4096 bytes); " \
+               f"use a shorter path"
+    if exc.errno == errno.ELOOP:
+        return f"{_short(name)}: too many levels of symbolic links (a symlink loop); fix or remove the link"
     if is_disk_full(exc):
         return str(exc) if isinstance(exc, DiskFullError) else _one_line(str(disk_full_error(name or "a file", exc)))
     if exc.errno in _NO_ACCESS:
@@ -144,4 +156,7 @@ def user_message(exc: BaseException) -> str | None:
         return _one_line(os_msg) if os_msg else None
     if isinstance(exc, UnicodeDecodeError):
         return None  # a bug unless a caller turned it into a UserError naming the file
+    if isinstance(exc, RuntimeError) and text.startswith("Symlink loop from "):  # pathlib.resolve, Python < 3.13
+        where = text[len("Symlink loop from "):].strip("'")
+        return f"{where}: a symlink loop (a link that leads back to itself); fix or remove the link"
     return None

@@ -14,9 +14,14 @@ elsewhere (a teacher-cache shard).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterator
+
+from pipeline.core.errors import ConfigError
+
+PATH_MAX = 4096
 
 
 def fsync_dir(folder: Path) -> None:
@@ -58,6 +63,10 @@ def atomic_path(path: Path | str, *, keep_suffix: bool = False) -> Iterator[Path
     try:
         yield tmp
         replace_durably(tmp, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a failed write(2) names no file: name it
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -72,3 +81,39 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def _name_max(path: Path) -> int:
+    for folder in (path, *path.parents):
+        try:
+            return int(os.pathconf(folder, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def usable_folder(path: Path, what: str, headroom: int = 256) -> Path:
+    """``path`` resolved, or a ConfigError naming what is wrong: a symlink loop, a component longer than
+    the filesystem's NAME_MAX, or a path that leaves under ``headroom`` bytes of PATH_MAX for the
+    files the stages write below it (checked up front: the OS would refuse them one by one later)."""
+    try:
+        resolved = path.resolve()
+    except RuntimeError:  # "Symlink loop from ..." (pathlib, Python < 3.13)
+        raise ConfigError(f"{what} {path}: a symlink loop (a link that leads back to itself); fix or remove "
+                          f"the link") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENAMETOOLONG):
+            raise
+        resolved = Path(os.path.abspath(path))
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{what} {path}: a symlink loop; fix or remove the link") from None
+    limit = _name_max(resolved)
+    for part in resolved.parts:
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(f"{what}: the folder name {part[:40]}… is {len(os.fsencode(part))} bytes long; the "
+                              f"filesystem allows {limit}")
+    size = len(os.fsencode(str(resolved)))
+    if size + headroom > PATH_MAX:
+        raise ConfigError(f"{what}: the path is {size} bytes long; the files below it need up to {headroom} more "
+                          f"and paths end at {PATH_MAX} bytes: choose a shorter folder")
+    return resolved

@@ -70,9 +70,13 @@ class DigestCache:
 
 def file_set_digest(root: Path, files: Iterable[Path]) -> str:
     """Digest of a set of files by (relative path, size, mtime): cheap, changes when any file does."""
-    rows = []
+    rows: list[list[Any]] = []
     for f in files:
-        st = f.stat()
+        try:
+            st = f.stat()
+        except OSError as exc:  # a dangling link or a symlink loop: the build rejects it, it is still a row
+            rows.append([str(f.relative_to(root)), -1, f"error {exc.errno}"])
+            continue
         rows.append([str(f.relative_to(root)), st.st_size, st.st_mtime_ns])
     rows.sort()
     return sha256_json(rows)

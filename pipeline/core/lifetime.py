@@ -58,3 +58,24 @@ class DieWithParent:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.then is not None:
             self.then(worker_id)
+
+
+def stop_loader_workers(iterator: object, timeout: float = 5.0) -> int:
+    """Stop a DataLoader iterator's worker processes for sure; returns how many had to be SIGKILLed.
+
+    Why: the workers ignore SIGTERM (:class:`DieWithParent`), and that is how PyTorch stops a worker
+    that does not leave in time, e.g. one blocked handing a batch to a parent that stopped reading
+    after an error. Multiprocessing's exit handler then waits for it forever, holding the stage
+    lock. The orderly shutdown runs first; whoever is still alive after it is killed.
+    """
+    workers = list(getattr(iterator, "_workers", None) or [])
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
+    killed = 0
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join(timeout)
+            killed += 1
+    return killed

@@ -25,6 +25,7 @@ all-reduces. "Are we distributed?" is :func:`pipeline.core.distributed.is_distri
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from typing import Any, ContextManager, Iterator
 
@@ -38,8 +39,8 @@ from pipeline.core.errors import ConfigError
 AMP_CHOICES = ("auto", "off", "fp16", "bf16")
 
 __all__ = ["AMP_CHOICES", "all_reduce_mean", "all_reduce_sum", "autocast",
-           "cpu_has_native_bf16", "deterministic_mode", "is_distributed", "resolve_amp", "stage_device",
-           "stop_flag_group", "wrap_ddp"]
+           "cpu_has_native_bf16", "ddp_buffer_kwargs", "deterministic_mode", "is_distributed", "resolve_amp",
+           "stage_device", "stop_flag_group", "wrap_ddp"]
 
 
 def stage_device(setting: str, dist: DistInfo) -> str:
@@ -120,10 +121,27 @@ def deterministic_mode(enabled: bool, device: str | torch.device) -> Iterator[No
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
 
 
+def ddp_buffer_kwargs(sync_each_step: bool) -> dict[str, Any]:
+    """DDP's keyword for "broadcast buffers before every forward": ``forward_sync_buffers`` where this torch
+    has it (``broadcast_buffers`` is deprecated there and warns once per rank), else ``broadcast_buffers``.
+
+    Either way buffers are equal on every rank after wrapping when this torch syncs them at set-up
+    (``forward_sync_buffers``): callers that keep rank-local buffers restore them after wrapping.
+    """
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": sync_each_step}
+
+
 def wrap_ddp(module: nn.Module, dist: DistInfo, device: str | torch.device, **kwargs: Any) -> nn.Module:
-    """``module`` in DistributedDataParallel when ``dist`` spans several ranks (this rank's GPU, or CPU/gloo)."""
+    """``module`` in DistributedDataParallel when ``dist`` spans several ranks (this rank's GPU, or CPU/gloo).
+
+    ``broadcast_buffers=...`` is passed on under the name this torch wants (:func:`ddp_buffer_kwargs`).
+    """
     if not dist.distributed:
         return module
+    if "broadcast_buffers" in kwargs:
+        sync = bool(kwargs.pop("broadcast_buffers"))
+        kwargs = {**kwargs, **ddp_buffer_kwargs(sync)}
     dev = torch.device(device)
     return nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,
                                                **kwargs)
