@@ -116,6 +116,13 @@ def _held_out_videos(manifest_dirs: Sequence[Path], limit: int) -> list[tuple[Pa
     return []
 
 
+def report_student(pretrain_dir: Path) -> Any:
+    """The student the pictures show: student.pt loaded whole (decoder included), never only its encoders."""
+    from student.artifacts import load_pretrained_student
+
+    return load_pretrained_student(pretrain_dir, "cpu")
+
+
 def write_run_report(work: Path, cfg: Any, stage_dirs: dict[str, Path], videos: int = 4) -> list[Path]:
     """The PNGs above for the finished stages in ``stage_dirs`` (kind -> folder); returns what was written."""
     out = Path(work) / "report"
@@ -128,10 +135,9 @@ def write_run_report(work: Path, cfg: Any, stage_dirs: dict[str, Path], videos: 
         written.append(write_png(out / "finetune_curves.png", curves))
     manifests = [stage_dirs[k] for k in ("manifest", "manifest-finetune") if k in stage_dirs]
     if "pretrain" in stage_dirs and manifests and cfg.model.kd:
-        from student.retrieval import load_student
         from teacher.backends import make_backend
 
-        student, _ = load_student(stage_dirs["pretrain"], "cpu")
+        student, _ = report_student(stage_dirs["pretrain"])
         t = cfg.teacher
         teacher = make_backend(t.backend, checkpoint=t.checkpoint, labels=t.labels, map_size=t.map_size,
                                input_size=t.input_size, softness=t.softness)
