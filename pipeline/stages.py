@@ -192,7 +192,8 @@ class StageGraph:
             from student.pretrain import pretrain
 
             cache = ctx.upstream_dir("teacher-cache") if m.kd else None
-            return pretrain(self._videos_dir(ctx), cache, ctx.out_dir, m, p, clips, dist=ctx.dist)
+            return pretrain(self._videos_dir(ctx), cache, ctx.out_dir, m, p, clips, dist=ctx.dist,
+                            teacher_cfg=self.cfg.teacher if m.kd else None)
 
         semantic = {"model": semantic_dict(m), "pretrain": semantic_dict(p), "clips": semantic_dict(clips)}
         if not m.kd:

@@ -136,6 +136,17 @@ class PretrainConfig:
     temperature: float = _opt(0.07, min=1e-4)
     margin: float = _opt(2.0, min=0.0)
     crop_area: list[float] = _list([0.4, 1.0])
+    # Colour augmentation (RSPNet's recipe by default): ColorJitter strengths (brightness, contrast,
+    # saturation, hue), the probability that a clip is jittered, the grayscale probability, and whether
+    # the query and the keys share one draw of colour parameters (RSPNet: independent draws).
+    jitter: list[float] = _list([0.4, 0.4, 0.4, 0.4])
+    jitter_p: float = _opt(1.0, min=0.0, max=1.0)
+    grayscale_p: float = _opt(0.2, min=0.0, max=1.0)
+    shared_colour: bool = _opt(False)
+    # Pretext tasks measured on videos never pretrained on (student/pretext_eval.py): at most this many
+    # videos (0: off), before training, every heldout_every epochs (0: only at the end) and at the end.
+    heldout_videos: int = _opt(128, min=0)
+    heldout_every: int = _opt(0, min=0)
     seed: int = _opt(0)
     init_from: str = _opt("")
     max_steps_per_epoch: int = _opt(0, min=0)  # 0: a full pass over the clip plan
@@ -422,6 +433,10 @@ def _check_consistency(cfg: Config, where: str) -> None:
     lo, hi = cfg.pretrain.crop_area
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"{where}: pretrain.crop_area must be [min, max] with 0 < min <= max <= 1")
+    jit = cfg.pretrain.jitter
+    if len(jit) != 4 or min(jit) < 0 or jit[3] > 0.5:
+        raise ConfigError(f"{where}: pretrain.jitter must be [brightness, contrast, saturation, hue], each >= 0 "
+                          f"and hue <= 0.5, got {list(jit)}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
