@@ -53,6 +53,9 @@ class SyntheticConfig:
     kinetics_per_class: int = _opt(12, min=1)
     ucf_per_class: int = _opt(10, min=2)
     hmdb_per_class: int = _opt(10, min=2)
+    # HMDB51-style videos shot in their class's place with this probability (0: off; > 0 also writes the
+    # scene-swapped test set hmdb51_scene_swapped/, see data_manifests/synthetic/scene_swap.py)
+    scene_bias: float = _opt(0.0, min=0.0, max=1.0)
     workers: int = _exec(2, min=1)
 
 
