@@ -56,7 +56,8 @@ def build_student(model_cfg: ModelConfig | dict[str, Any], num_parts: int) -> Mu
     cfg = model_config_from(model_cfg)
     return MultiTaskStudent(backbone=cfg.backbone, width=float(cfg.width), split_after=int(cfg.split_after),
                             num_parts=int(num_parts), parse_size=int(cfg.parse_size), kd=bool(cfg.kd),
-                            task_dependent=bool(cfg.task_dependent), proj_dim=int(cfg.proj_dim))
+                            task_dependent=bool(cfg.task_dependent), proj_dim=int(cfg.proj_dim),
+                            decoder_upscale=int(cfg.decoder_upscale))
 
 
 def pretrained_student(ckpt: dict[str, Any]) -> MultiTaskStudent:

@@ -121,7 +121,8 @@ def build_pretrain_model(model_cfg: ModelConfig, cfg: PretrainConfig, num_parts:
                          queue_size=trimmed_queue_size(cfg.queue_size, global_batch or cfg.batch_size),
                          momentum=cfg.moco_momentum,
                          tau=cfg.temperature, margin=cfg.margin, lambda_kd=cfg.lambda_kd, lambda_m=cfg.lambda_m,
-                         lambda_a=cfg.lambda_a, exclude_same_video=cfg.exclude_same_video)
+                         lambda_a=cfg.lambda_a, exclude_same_video=cfg.exclude_same_video,
+                         decoder_upscale=m.decoder_upscale)
 
 
 def warn_queue_size(queue_size: int, videos: int, exclude_same_video: bool) -> None:

@@ -117,6 +117,9 @@ class ModelConfig:
     kd: bool = _opt(True)
     task_dependent: bool = _opt(True)
     proj_dim: int = _opt(128, min=8)
+    # parsing decoder g_h: logits per feature cell as an r×r block (pixel shuffle) before the resize to
+    # parse_size; 1 = plain bilinear upsampling (student/heads.py ParsingDecoder)
+    decoder_upscale: int = _opt(1, min=1, max=16)
 
 
 @dataclass
