@@ -30,12 +30,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--pretrain-dir", type=Path, default=None, help="a pretraining stage folder (default: the "
+                    "config's, in --work)")
+    ap.add_argument("--manifest-dir", type=Path, default=None, help="its manifest folder (default: the config's)")
     ap.add_argument("--videos", type=int, default=0, help="held-out videos (default: pretrain.heldout_videos)")
     args = ap.parse_args()
     cfg = load_config(overrides=args.overrides)
     graph = StageGraph(cfg, args.work)
-    pretrain_dir = graph.pretrain().out_dir(args.work)
-    manifest = load_manifest(graph.manifest(cfg.pretrain.dataset).out_dir(args.work))
+    pretrain_dir = args.pretrain_dir or graph.pretrain().out_dir(args.work)
+    manifest = load_manifest(args.manifest_dir or graph.manifest(cfg.pretrain.dataset).out_dir(args.work))
     entries = heldout_entries(manifest, cfg.clips.splits, args.videos or cfg.pretrain.heldout_videos)
     teacher = teacher_for_heldout(cfg.teacher, "cpu") if cfg.model.kd else None
     hs = build_heldout_set(manifest, entries, clip_len=cfg.clips.clip_len, speeds=cfg.clips.speeds,

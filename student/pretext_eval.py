@@ -14,7 +14,10 @@ at chance while the task is learnt. This module measures each task the way a rea
 - the query encoder for all three clips (no momentum encoder, no queue), in eval mode;
 - RSP: the share of videos whose same-speed key is closer (cosine of g_m) than the other-speed key;
 - A-VID: top-1 retrieval of the query's own positive key among the positive keys of ALL held-out
-  videos (g_a, cosine); chance is 1 / gallery size;
+  videos (g_a, cosine); chance is 1 / gallery size. Here query and key also get RSPNet's colour
+  augmentation (jitter 0.4 / 0.4 / 0.4 / 0.4, grayscale 0.2, independent draws, fixed whatever the
+  run's [pretrain] colour keys): without it an untrained network already retrieves half of the
+  videos by their colours (measured: 0.51 of 128), which would measure nothing;
 - KD: the student's parsing of the whole middle frame (the clip squashed to input_size², as the
   teacher's maps cover the whole frame) against the teacher's map of that frame, both at the
   teacher's map resolution: person-vs-background IoU (argmax ≠ 0) and part mIoU (mean IoU over the
@@ -35,7 +38,9 @@ from data_manifests.clip_plan import clip_indices, window_indices
 from data_manifests.manifest import Manifest, VideoEntry
 from data_manifests.video import read_frames
 from pipeline.core.errors import UserError
-from student.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipAugment, ClipAugParams, CropBox
+from student.gpu_augment import colour_batch
+from student.transforms import (COLOUR_FIELDS, IMAGENET_MEAN, IMAGENET_STD, ClipAugment, ClipAugParams, CropBox,
+                                colour_vector)
 
 log = logging.getLogger("pipeline.pretrain")
 
@@ -58,6 +63,8 @@ class HeldoutSet:
     key_neg: torch.Tensor
     whole: torch.Tensor  # the middle clip, whole frame squashed to s², for the parsing
     teacher: torch.Tensor | None  # float16 probabilities, whole frame; None without a teacher
+    query_colour: torch.Tensor  # (N, len(COLOUR_FIELDS)) colour draws for the A-VID query and key
+    key_colour: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -87,7 +94,9 @@ def build_heldout_set(manifest: Manifest, entries: Sequence[VideoEntry], *, clip
     if len(speeds) < 2:
         raise HeldoutError(f"held-out RSP needs two distinct clips.speeds, got {list(speeds)}")
     geometry = ClipAugment(input_size, area=tuple(crop_area), jitter_p=0.0, grayscale_p=0.0)
+    colour = ClipAugment(input_size)  # RSPNet's colour recipe (the ClipAugment defaults), for A-VID only
     cols: dict[str, list[torch.Tensor]] = {"query": [], "key_pos": [], "key_neg": [], "whole": []}
+    colours: dict[str, list[torch.Tensor]] = {"query": [], "key": []}
     maps: list[torch.Tensor] = []
     for pos, entry in enumerate(entries):
         rng = np.random.default_rng([seed, pos])
@@ -106,27 +115,34 @@ def build_heldout_set(manifest: Manifest, entries: Sequence[VideoEntry], *, clip
         for name, params in (("query", q_params), ("key_pos", k_params), ("key_neg", k_params),
                              ("whole", _whole_frame(h, w))):
             cols[name].append(geometry.geometry(frames[[row[f] for f in idx[name]]], params).clip)
+        colour_rng = np.random.default_rng([seed, pos, 1])
+        for name in ("query", "key"):
+            colours[name].append(colour_vector(colour.sample(h, w, colour_rng)))
         if teacher is not None:
             maps.append(teacher.maps(list(teacher.loader(path, [mid])))[0].to(torch.float16))
     stacked = {k: torch.stack(v) if v else torch.empty(0, dtype=torch.uint8) for k, v in cols.items()}
     return HeldoutSet([e.id for e in entries], stacked["query"], stacked["key_pos"], stacked["key_neg"],
-                      stacked["whole"], torch.stack(maps) if maps else None)
+                      stacked["whole"], torch.stack(maps) if maps else None,
+                      torch.stack(colours["query"]) if entries else torch.empty(0, len(COLOUR_FIELDS)),
+                      torch.stack(colours["key"]) if entries else torch.empty(0, len(COLOUR_FIELDS)))
 
 
-def _normalise(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, 3, T, H, W) → ImageNet-normalised float32 on ``device``."""
+def _normalise(x: torch.Tensor, device: torch.device, colour: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, 3, T, H, W) → ImageNet-normalised float32 on ``device`` (after the colour draws, if given)."""
+    if colour is not None:
+        return colour_batch(x.to(device), colour)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1, 1)
     return (x.to(device).float().div_(255.0) - mean) / std
 
 
 def _forward(student: torch.nn.Module, clips: torch.Tensor, device: torch.device, batch: int,
-             autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
+             autocast: Callable[[], Any], colour: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """emb_m, emb_a (float32) and parse_logits (if any) of ``clips``, in batches, on the CPU."""
     out: dict[str, list[torch.Tensor]] = {"emb_m": [], "emb_a": [], "parse_logits": []}
     for i in range(0, clips.shape[0], batch):
         with autocast():
-            res = student(_normalise(clips[i:i + batch], device))
+            res = student(_normalise(clips[i:i + batch], device, None if colour is None else colour[i:i + batch]))
         for k in out:
             if res.get(k) is not None:
                 out[k].append(res[k].float().cpu())
@@ -179,13 +195,15 @@ def evaluate_pretext(student: torch.nn.Module, hs: HeldoutSet, device: torch.dev
         q = _forward(student, hs.query, device, batch, ac)
         kp = _forward(student, hs.key_pos, device, batch, ac)
         kn = _forward(student, hs.key_neg, device, batch, ac)
+        qa = _forward(student, hs.query, device, batch, ac, hs.query_colour)
+        ka = _forward(student, hs.key_pos, device, batch, ac, hs.key_colour)
         whole = _forward(student, hs.whole, device, batch, ac) if hs.teacher is not None else {}
     finally:
         student.train(was_training)
     n = len(hs)
     out: dict[str, float | int | None] = {
         "rsp_acc": round(rsp_accuracy(q["emb_m"], kp["emb_m"], kn["emb_m"]), 4),
-        "avid_top1": round(retrieval_top1(q["emb_a"], kp["emb_a"]), 4), "avid_gallery": n,
+        "avid_top1": round(retrieval_top1(qa["emb_a"], ka["emb_a"]), 4), "avid_gallery": n,
         "avid_chance": round(1.0 / n, 6), "kd_person_iou": None, "kd_part_miou": None}
     if hs.teacher is not None and "parse_logits" in whole:
         person, parts = parsing_ious(whole["parse_logits"], hs.teacher)
