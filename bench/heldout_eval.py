@@ -10,9 +10,13 @@ as pretraining initialises it for the same seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (puts the repository on sys.path)
@@ -21,9 +25,32 @@ from data_manifests.manifest import load_manifest  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
 from student.artifacts import load_pretrained_student  # noqa: E402
-from student.pretext_eval import (build_heldout_set, describe, evaluate_pretext, heldout_entries,  # noqa: E402
-                                  teacher_for_heldout)
+from student.pretext_eval import (HeldoutSet, _forward, build_heldout_set, describe,  # noqa: E402
+                                  evaluate_pretext, heldout_entries, teacher_for_heldout)
 from student.pretrain import build_pretrain_model, seed_all  # noqa: E402
+
+
+def kd_cross_entropy(student: torch.nn.Module, hs: HeldoutSet) -> float:
+    """The KD loss (soft cross-entropy, Eq. 4) of ``student`` on the held-out whole frames, its logits
+    upsampled to the teacher's map size."""
+    with torch.no_grad():
+        logits = _forward(student.eval(), hs.whole, torch.device("cpu"), 32, contextlib.nullcontext)["parse_logits"]
+    assert hs.teacher is not None
+    t = hs.teacher.float()
+    up = F.interpolate(logits, size=t.shape[-2:], mode="bilinear", align_corners=False)
+    return float(-(t * F.log_softmax(up, dim=1)).sum(1).mean())
+
+
+def kd_floor(hs: HeldoutSet) -> dict[str, float]:
+    """Reference points for the KD loss on the held-out frames: the teacher's own entropy (the floor), the
+    cross-entropy of the held-out mean map (a per-pixel prior that sees no pixels) and of the class prior."""
+    assert hs.teacher is not None
+    t = hs.teacher.float()
+
+    def ce(p: torch.Tensor) -> float:
+        return float(-(t * torch.log(p.clamp_min(1e-8))).sum(1).mean())
+    return {"teacher_entropy": round(ce(t), 4), "ce_pixel_prior": round(ce(t.mean(0, keepdim=True)), 4),
+            "ce_class_prior": round(ce(t.mean((0, 2, 3), keepdim=True)), 4)}
 
 
 def main() -> None:
@@ -49,6 +76,10 @@ def main() -> None:
     out = {"pretrain_dir": str(pretrain_dir), "videos": len(hs),
            "trained": evaluate_pretext(trained, hs), "untrained": evaluate_pretext(untrained, hs)}
     print(f"trained:   {describe(out['trained'])}\nuntrained: {describe(out['untrained'])}")
+    if hs.teacher is not None:
+        out["kd_loss"] = {"trained": round(kd_cross_entropy(trained, hs), 4),
+                          "untrained": round(kd_cross_entropy(untrained, hs), 4), **kd_floor(hs)}
+        print("KD loss on the held-out whole frames (nats):", out["kd_loss"])
     print(json.dumps(out))
 
 
