@@ -51,6 +51,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Bench, print_table  # noqa: E402
@@ -201,7 +202,8 @@ def cam_figure(work: Path, base: list[str], seed: int, out: Path, videos: int = 
     from student.finetune import load_classifier
     from student.human_focus import cam_comparison
 
-    models, info = {}, {}
+    models: dict[str, Any] = {}
+    info: dict[str, Any] = {}
     for name, label in (("wo_kd", "w/o KD"), ("full", "full")):
         overrides = base + [f"pretrain.seed={seed}", f"finetune.seed={seed}"] + VARIANTS[name]
         path = StageGraph(load_config(overrides=overrides), work).finetune().out_dir(work) / "classifier.pt"

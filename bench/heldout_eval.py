@@ -14,6 +14,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,9 +74,9 @@ def main() -> None:
     trained, meta = load_pretrained_student(pretrain_dir)
     seed_all(cfg.pretrain.seed)
     untrained = build_pretrain_model(cfg.model, cfg.pretrain, int(meta.get("num_parts", 7))).student
-    out = {"pretrain_dir": str(pretrain_dir), "videos": len(hs),
-           "trained": evaluate_pretext(trained, hs), "untrained": evaluate_pretext(untrained, hs)}
-    print(f"trained:   {describe(out['trained'])}\nuntrained: {describe(out['untrained'])}")
+    figures = {"trained": evaluate_pretext(trained, hs), "untrained": evaluate_pretext(untrained, hs)}
+    print(f"trained:   {describe(figures['trained'])}\nuntrained: {describe(figures['untrained'])}")
+    out: dict[str, Any] = {"pretrain_dir": str(pretrain_dir), "videos": len(hs), **figures}
     if hs.teacher is not None:
         out["kd_loss"] = {"trained": round(kd_cross_entropy(trained, hs), 4),
                           "untrained": round(kd_cross_entropy(untrained, hs), 4), **kd_floor(hs)}
