@@ -35,7 +35,7 @@ keeps what it measured; a failed ``pipeline run`` is retried and its stages resu
 
     python bench/ablation_synthetic.py --work /tmp/abl   # the demo config, seeds 0-4, 5 variants (hours, 2 cores)
     python bench/ablation_synthetic.py --seeds 0 1 2 3 4 5 6 7   # more seeds
-    python bench/ablation_synthetic.py --quick           # smoke run: tiny sizes, 2 seeds, scratch + full (27 min loaded)
+    python bench/ablation_synthetic.py --quick   # smoke run: tiny sizes, 2 seeds, scratch + full (27 min, loaded)
     python bench/ablation_synthetic.py --set finetune.epochs=6   # any override, for every run
 """
 from __future__ import annotations
