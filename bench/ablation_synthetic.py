@@ -7,11 +7,22 @@ Variants (each finetuned on the HMDB51-style split 1 and tested there, video-lev
   ti       task-independent: one high-level encoder shared by every head (model.task_dependent = false)
   full     the paper's model
 
-Beside accuracy, each run reports the human-focus score (student/human_focus.py): the share of the
-classifier's class-activation-map mass that falls inside the person's exact mask, mean over the
-test videos (the person covers ``person_area`` of the frame: a uniform map would score that). The
-CAMs of w/o KD and full (first seed) on the same test clips are drawn side by side in
-bench/results/ablation_cams.png.
+Each run reports:
+- top-1 on the in-distribution test (the ordinary HMDB51-style test split, whose backgrounds go
+  with the class as in training when ``synthetic.scene_bias`` > 0) and on the scene-swapped copy of
+  the same videos (hmdb51_scene_swapped/, data_manifests/synthetic/scene_swap.py), and the drop
+  between them: how much the classifier leaned on the scene;
+- the human-focus score (student/human_focus.py): the share of the classifier's class-activation-map
+  mass inside the person's exact mask, mean over the test videos (a uniform map scores
+  ``person_area``);
+- the held-out pretext figures of its pretraining (student/pretext_eval.py: RSP accuracy, A-VID
+  top-1 against the held-out gallery, KD person IoU and part mIoU), and the untrained network's.
+Per variant: mean ± std over seeds, and the paired difference to scratch (same seed, same test
+videos) with a 95 % t-interval; "*" marks an interval that excludes 0. The CAMs of w/o KD and full
+(first seed) on the same test clips are drawn side by side in bench/results/ablation_cams.png.
+
+Scene-swapped top-1 is computed here, from the PNG frames, with the evaluate stage's protocol
+(``evaluate.clips`` evenly spaced clips, centre crop, the finetuning protocol's view aggregation).
 
 Every run goes through the real stages (``pipeline run`` in a subprocess) in one work directory, so
 the synthetic data, manifests and teacher cache are built once (first, alone) and shared, and a run
@@ -22,9 +33,9 @@ one torch thread each (the same throughput as one at a time on 2 cores, less idl
 is rewritten after every run (``"complete": false`` until the last), so an interrupted benchmark
 keeps what it measured; a failed ``pipeline run`` is retried and its stages resume.
 
-    python bench/ablation_synthetic.py --work /tmp/abl   # the demo config, seeds 0 1 2 (~45 min, 2 cores)
-    python bench/ablation_synthetic.py --seeds 0 1       # other seeds
-    python bench/ablation_synthetic.py --quick           # smoke run: tiny sizes, 1 seed (~2 min)
+    python bench/ablation_synthetic.py --work /tmp/abl   # the demo config, seeds 0-4, 5 variants (hours, 2 cores)
+    python bench/ablation_synthetic.py --seeds 0 1 2 3 4 5 6 7   # more seeds
+    python bench/ablation_synthetic.py --quick   # smoke run: tiny sizes, 2 seeds, scratch + full (27 min, loaded)
     python bench/ablation_synthetic.py --set finetune.epochs=6   # any override, for every run
 """
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import math
 import statistics
 import subprocess
 import sys
@@ -39,6 +51,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Bench, print_table  # noqa: E402
@@ -57,7 +70,13 @@ VARIANTS = {
 LABELS = {"scratch": "from scratch", "kd_only": "KD only", "wo_kd": "w/o KD (RSPNet)", "ti": "TI",
           "full": "full (KD + RSP + A-VID, TD)"}
 QUICK = ["synthetic.kinetics_per_class=4", "synthetic.hmdb_per_class=6", "synthetic.ucf_per_class=2",
-         "pretrain.epochs=1", "pretrain.max_steps_per_epoch=2", "finetune.epochs=1"]
+         "synthetic.frames=24", "pretrain.epochs=1", "pretrain.max_steps_per_epoch=2", "finetune.epochs=1",
+         "evaluate.clips=2"]
+QUICK_VARIANTS = ["scratch", "full"]
+# two-sided 95 % Student t quantiles t_{0.975, df}, df = 1 .. 30 (beyond: the normal 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+PAIRED = ("top1", "top1_swapped", "drop", "human_focus")  # differences to scratch, per seed
 
 
 def stage_seconds(work: Path, overrides: list[str]) -> dict[str, float | None]:
@@ -76,8 +95,8 @@ def pipeline_command(work: Path, overrides: list[str], command: list[str], log_p
                      threads: int) -> int:
     """Run ``pipeline --work-dir WORK --set ... COMMAND`` (retried on failure, appending to the log);
     returns the number of attempts. Exits the benchmark when every attempt failed."""
-    exe = Path(sys.executable).parent / "pipeline"
-    args = [str(exe), "--work-dir", str(work)]
+    repo = Path(__file__).resolve().parents[1]  # this checkout's code, not whichever `pipeline` is installed
+    args = [sys.executable, "-m", "pipeline.cli", "--work-dir", str(work)]
     for item in overrides:
         args += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -85,7 +104,7 @@ def pipeline_command(work: Path, overrides: list[str], command: list[str], log_p
         with open(log_path, "a") as log:
             log.write(f"\n=== attempt {attempt}: {' '.join(args + command)}\n")
             log.flush()
-            proc = subprocess.run(args + command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.run(args + command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repo)
         if proc.returncode == 0:
             return attempt
         print(f"{log_path.stem}: `pipeline {' '.join(command)}` exited {proc.returncode} (attempt {attempt}); "
@@ -103,20 +122,77 @@ def run_variant(work: Path, overrides: list[str], log_dir: Path, tag: str, retri
     return json.loads((ev / "metrics.json").read_text()), wall, attempts
 
 
+HELDOUT = ("rsp_acc", "avid_top1", "kd_person_iou", "kd_part_miou")
+
+
 def pretext_final(work: Path, overrides: list[str]) -> dict[str, float]:
-    """The last epoch's pretext accuracies and the queue size, from the pretraining metrics.jsonl."""
+    """From the pretraining metrics.jsonl: the held-out figures of the trained student (``heldout_*``) and of
+    the untrained network (``untrained_*``), the A-VID gallery size, and the last epoch's training-batch
+    accuracies (``batch_*``, diagnostics)."""
     cfg = load_config(overrides=overrides)
     if cfg.finetune.from_scratch:
         return {}
     path = StageGraph(cfg, work).pretrain().out_dir(work) / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    out: dict[str, float] = {}
+    held = [r for r in rows if r.get("event") == "heldout"]
+    first = next((r for r in held if r["step"] == 0), None)
+    last = held[-1] if held and held[-1]["step"] > 0 else None
+    for prefix, rec in (("heldout_", last), ("untrained_", first)):
+        if rec is not None:
+            out.update({prefix + k: rec[k] for k in HELDOUT if rec.get(k) is not None})
+            out["avid_gallery"] = rec["avid_gallery"]
     epochs = [r for r in rows if r.get("event") == "epoch"]
-    start = next((r for r in rows if r.get("event") == "start"), {})
-    if not epochs:
-        return {}
-    last = epochs[-1]
-    return {"acc_rsp": last["acc_rsp"], "acc_avid": last["acc_avid_pos"], "queue_size": start.get("queue_size"),
-            "loss_kd": last["loss_kd"]}
+    if epochs:
+        out.update(batch_acc_rsp=epochs[-1]["acc_rsp"], batch_acc_avid=epochs[-1]["acc_avid_pos"])
+    return out
+
+
+def png_frames(folder: Path):
+    """A frame reader (indices -> RGB uint8 (N, H, W, 3)) over ``frame000001.png ...`` (1-based)."""
+    import cv2
+    import numpy as np
+
+    def read(indices: list[int]) -> "np.ndarray":
+        frames = []
+        for i in indices:
+            img = cv2.imread(str(folder / f"frame{i + 1:06d}.png"))
+            if img is None:
+                raise SystemExit(f"{folder}: frame{i + 1:06d}.png is missing or unreadable")
+            frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        return np.stack(frames)
+    return read
+
+
+def swapped_top1(work: Path, overrides: list[str]) -> float | None:
+    """Video top-1 (%) of this run's classifier on the scene-swapped test list of the finetuning split, with
+    the evaluate stage's protocol; None when the synthetic data have no scene-swapped set."""
+    import torch
+
+    from data_manifests.synthetic.scene_swap import SWAPPED_DIR
+    from student.artifacts import load_classifier
+    from student.finetune_data import multi_views
+    from student.protocols import view_aggregation
+
+    cfg = load_config(overrides=overrides)
+    graph = StageGraph(cfg, work)
+    root = graph.synthetic().out_dir(work) / SWAPPED_DIR
+    listing = root / "lists" / f"test_split{cfg.dataset(cfg.finetune.dataset).split}.txt"
+    if not listing.is_file():
+        return None
+    model, info = load_classifier(graph.finetune().out_dir(work) / "classifier.pt")
+    aggregate = view_aggregation((info.get("protocol") or {}).get("name"))
+    hits = total = 0
+    with torch.no_grad():
+        for line in listing.read_text().splitlines():
+            vid, n, label = line.split()
+            views = multi_views(png_frames(root / "frames" / vid), int(n), int(info["clip_len"]),
+                                int(info["input_size"]), cfg.evaluate.clips, 1)
+            logits = model(views)
+            score = logits.mean(0) if aggregate == "logits" else torch.softmax(logits, 1).mean(0)
+            hits += int(int(score.argmax()) == int(label))
+            total += 1
+    return 100.0 * hits / total if total else None
 
 
 def cam_figure(work: Path, base: list[str], seed: int, out: Path, videos: int = 4) -> Path | None:
@@ -126,7 +202,8 @@ def cam_figure(work: Path, base: list[str], seed: int, out: Path, videos: int = 
     from student.finetune import load_classifier
     from student.human_focus import cam_comparison
 
-    models, info = {}, {}
+    models: dict[str, Any] = {}
+    info: dict[str, Any] = {}
     for name, label in (("wo_kd", "w/o KD"), ("full", "full")):
         overrides = base + [f"pretrain.seed={seed}", f"finetune.seed={seed}"] + VARIANTS[name]
         path = StageGraph(load_config(overrides=overrides), work).finetune().out_dir(work) / "classifier.pt"
@@ -145,28 +222,55 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def t_interval(values: list[float]) -> tuple[float, float, float] | None:
+    """(mean, low, high): the 95 % Student t-interval of the mean of ``values`` (None below 2 values)."""
+    n = len(values)
+    if n < 2:
+        return None
+    m, sd = mean_std(values)
+    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * sd / math.sqrt(n)
+    return m, m - half, m + half
+
+
 def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict]:
-    """Per variant: mean ± sample std over seeds of top-1 / top-5 / human focus, and the paired
-    difference to ``scratch`` (same seed, same test videos) where both ran."""
+    """Per variant: mean ± sample std over seeds of every figure, and for each of :data:`PAIRED` the
+    paired difference to ``scratch`` (same seed, same test videos) with its 95 % t-interval."""
     summary: dict[str, dict] = {}
     scratch = {r["seed"]: r for r in runs if r["variant"] == "scratch"}
+    keys = ("top1", "top5", "top1_swapped", "drop", "human_focus", "batch_acc_rsp", "batch_acc_avid",
+            *[p + k for p in ("heldout_", "untrained_") for k in HELDOUT])
     for name in variants:
         rows = [r for r in runs if r["variant"] == name]
         if not rows:
             continue
         entry: dict = {"n": len(rows), "seeds": [r["seed"] for r in rows]}
-        for key in ("top1", "top5", "human_focus", "acc_rsp", "acc_avid"):
+        for key in keys:
             vals = [r[key] for r in rows if r.get(key) is not None]
             if vals:
                 m, sd = mean_std(vals)
-                entry[f"{key}_mean"], entry[f"{key}_std"] = round(m, 3), round(sd, 3)
-        paired = [r["top1"] - scratch[r["seed"]]["top1"] for r in rows if r["seed"] in scratch]
-        if name != "scratch" and paired:
-            d, sd = mean_std(paired)
-            entry.update(top1_minus_scratch_mean=round(d, 2), top1_minus_scratch_std=round(sd, 2),
-                         top1_minus_scratch_n=len(paired))
+                entry[f"{key}_mean"], entry[f"{key}_std"] = round(m, 4), round(sd, 4)
+        if name != "scratch":
+            for key in PAIRED:
+                diffs = [r[key] - scratch[r["seed"]][key] for r in rows
+                         if r["seed"] in scratch and r.get(key) is not None and scratch[r["seed"]].get(key) is not None]
+                ci = t_interval(diffs)
+                if diffs:
+                    entry[f"{key}_minus_scratch"] = {
+                        "n": len(diffs), "mean": round(statistics.fmean(diffs), 3),
+                        "ci95": [round(ci[1], 3), round(ci[2], 3)] if ci else None,
+                        "significant": bool(ci and (ci[1] > 0 or ci[2] < 0))}
         summary[name] = entry
     return summary
+
+
+def _paired(s: dict, key: str, scale: float = 1.0) -> str:
+    d = s.get(f"{key}_minus_scratch")
+    if not d:
+        return ""
+    if not d["ci95"]:
+        return f"{scale * d['mean']:+.1f}"
+    lo, hi = (scale * v for v in d["ci95"])
+    return f"{scale * d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]{'*' if d['significant'] else ''}"
 
 
 def table_rows(summary: dict[str, dict]) -> list[dict]:
@@ -175,17 +279,26 @@ def table_rows(summary: dict[str, dict]) -> list[dict]:
             return ""
         return f"{scale * s[f'{key}_mean']:.{digits}f} ± {scale * s[f'{key}_std']:.{digits}f}"
 
-    return [{"variant": LABELS[name], "top-1": ms(s, "top1"), "top-5": ms(s, "top5"),
-             "human focus (%)": ms(s, "human_focus", 100.0),
-             "top-1 − scratch (paired)": (f"{s['top1_minus_scratch_mean']:+.1f} ± {s['top1_minus_scratch_std']:.1f}"
-                                          if "top1_minus_scratch_mean" in s else ""),
-             "RSP acc": ms(s, "acc_rsp", 1.0, 2), "A-VID top-1": ms(s, "acc_avid", 1.0, 2), "n": s["n"]}
+    def pretext(s: dict, key: str) -> str:
+        a, b = ms(s, "heldout_" + key, 1.0, 2), ms(s, "untrained_" + key, 1.0, 2)
+        return f"{a} (untr. {b})" if a else ""
+
+    return [{"variant": LABELS[name], "n": s["n"], "top-1 in-dist": ms(s, "top1"),
+             "top-1 swapped": ms(s, "top1_swapped"), "drop": ms(s, "drop"),
+             "focus %": ms(s, "human_focus", 100.0),
+             "Δ in-dist vs scratch [95% CI]": _paired(s, "top1"),
+             "Δ swapped vs scratch [95% CI]": _paired(s, "top1_swapped"),
+             "Δ drop vs scratch [95% CI]": _paired(s, "drop"),
+             "Δ focus % vs scratch [95% CI]": _paired(s, "human_focus", 100.0),
+             "held-out RSP": pretext(s, "rsp_acc"), "held-out A-VID top-1": pretext(s, "avid_top1"),
+             "held-out KD person IoU": pretext(s, "kd_person_iou"),
+             "held-out KD part mIoU": pretext(s, "kd_part_miou")}
             for name, s in summary.items()]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                     help="seed values (each sets pretrain.seed and finetune.seed)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -196,9 +309,12 @@ def main() -> None:
     ap.add_argument("--retries", type=int, default=2, help="reruns of a failed `pipeline run` (they resume)")
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/ablation_synthetic"
                     "[_quick].json)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 pretraining step pair, 1 seed")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny data, 2 pretraining steps, 2 seeds, "
+                    "scratch and full")
     args = ap.parse_args()
-    seeds = args.seeds[:1] if args.quick else args.seeds
+    seeds = args.seeds[:2] if args.quick else args.seeds
+    if args.quick and args.variants == list(VARIANTS):
+        args.variants = QUICK_VARIANTS
     base = (QUICK if args.quick else []) + args.extra
     work = args.work / ("quick" if args.quick else "default")
     log_dir = work / "logs"
@@ -237,7 +353,11 @@ def main() -> None:
         seed, name = job
         overrides = base + [f"pretrain.seed={seed}", f"finetune.seed={seed}"] + VARIANTS[name]
         metrics, wall, attempts = run_variant(work, overrides, log_dir, f"{name}-seed{seed}", args.retries, threads)
-        record = {"variant": name, "seed": seed, "top1": round(100 * metrics["video_top1"], 3),
+        swapped = swapped_top1(work, overrides)
+        top1 = round(100 * metrics["video_top1"], 3)
+        record = {"variant": name, "seed": seed, "top1": top1,
+                  "top1_swapped": None if swapped is None else round(swapped, 3),
+                  "drop": None if swapped is None else round(top1 - swapped, 3),
                   "top5": round(100 * metrics["video_top5"], 3), "clip_top1": round(100 * metrics["clip_top1"], 3),
                   "human_focus": metrics.get("human_focus"), "person_area": metrics.get("person_area"),
                   "videos": metrics["num_videos"], "wall_s": round(wall, 1), "attempts": attempts,
@@ -245,8 +365,10 @@ def main() -> None:
         with lock:
             runs.append(record)
             focus = f"{100 * record['human_focus']:.1f}" if record["human_focus"] is not None else "-"
-            print(f"{name:8s} seed {seed}: top-1 {record['top1']:.1f}  top-5 {record['top5']:.1f}  "
-                  f"focus {focus}  ({wall:.0f} s)", flush=True)
+            sw = f"{record['top1_swapped']:.1f}" if record["top1_swapped"] is not None else "-"
+            print(f"{name:8s} seed {seed}: top-1 {record['top1']:.1f}  swapped {sw}  top-5 {record['top5']:.1f}  "
+                  f"focus {focus}  held-out KD IoU {record.get('heldout_kd_person_iou', '-')}  ({wall:.0f} s)",
+                  flush=True)
             write(complete=False)
 
     # the paper's comparison (full vs scratch) first in each seed, so a partial run already answers it
@@ -261,10 +383,16 @@ def main() -> None:
         if cams:
             print(f"CAMs of w/o KD and full side by side: {cams}")
     n_cls = len(load_classes(work, base)) or 1
-    print_table(table_rows(summarise(runs, args.variants)),
-                title=f"video-level accuracy (%) on the synthetic HMDB51-style split 1 "
-                      f"({runs[0]['videos'] if runs else 0} test videos, {n_cls} classes: chance top-1 "
-                      f"{100 / n_cls:.0f}, top-5 {100 * min(5, n_cls) / n_cls:.0f}); mean ± std over seeds {seeds}")
+    rows = table_rows(summarise(runs, args.variants))
+    first = ["variant", "n", "top-1 in-dist", "top-1 swapped", "drop", "focus %"]
+    title = (f"video-level top-1 (%) on the synthetic HMDB51-style split 1 ({runs[0]['videos'] if runs else 0} test "
+             f"videos, {n_cls} classes: chance {100 / n_cls:.0f}) and on its scene-swapped copy; mean ± std over "
+             f"seeds {seeds}")
+    print_table(rows, first, title=title)
+    print_table(rows, ["variant"] + [c for c in rows[0] if c.startswith("Δ")] if rows else None,
+                title="paired differences to scratch (same seed): mean [95 % t-interval], * = excludes 0")
+    print_table(rows, ["variant"] + [c for c in rows[0] if c.startswith("held-out")] if rows else None,
+                title="held-out pretext figures (student/pretext_eval.py), trained (untrained network)")
 
 
 def load_classes(work: Path, base: list[str]) -> list[str]:
@@ -275,12 +403,15 @@ def load_classes(work: Path, base: list[str]) -> list[str]:
 
 
 NOTES = [
-    "std is the sample standard deviation over seeds (n-1); with 3 seeds it is itself very uncertain.",
+    "std is the sample standard deviation over seeds (n-1); 95 % intervals of paired differences use Student's t "
+    "with n-1 degrees of freedom.",
+    "drop = top-1 in-distribution - top-1 scene-swapped (same videos, backgrounds of another class).",
     "seeds change pretraining and finetuning initialisation/order/augmentation; data and test videos are fixed.",
     "scratch does not depend on pretrain.seed; its seed is the finetune seed paired with the other variants.",
     "human focus: share of the predicted class's CAM mass inside the person's exact mask on the centred test clip, "
     "mean over test videos; person_area is the share of the frame the person covers (a uniform CAM scores that).",
-    "RSP acc / A-VID top-1: the last pretraining epoch's means (chance 0.5 and 1/(queue_size+1)).",
+    "held-out figures: student/pretext_eval.py on the pretraining set's held-out videos (chance: RSP 0.5, A-VID "
+    "1/gallery); batch_acc_*: the last epoch's training-batch means (diagnostics only).",
 ]
 
 

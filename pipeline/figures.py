@@ -135,7 +135,7 @@ def pretrain_figure(records: Sequence[Mapping[str, Any]]) -> Figure:
     steps = [r for r in records if r.get("event") == "step"]
     held = [r for r in records if r.get("event") == "heldout"]
     start = next((r for r in records if r.get("event") == "start"), {})
-    has_kd = any(k in r for r in held for k in ("kd_person_iou", "kd_part_miou"))
+    has_kd = any(isinstance(r.get(k), (int, float)) for r in held for k in ("kd_person_iou", "kd_part_miou"))
     bottom = ["acc", "acc", "kd" if has_kd else "lr", "lr" if has_kd else "."]
     fig = new_figure(13.0, 7.0)
     mosaic: Any = [[k for k, _ in LOSSES], bottom]

@@ -64,11 +64,13 @@ def _held_out_videos(manifest_dirs: Sequence[Path], limit: int) -> list[tuple[Pa
 
 
 def load_report_student(stage_dirs: dict[str, Path]) -> Any:
-    """The pretrained student whose parsing the report shows (eval mode, CPU)."""
-    from student.retrieval import load_student
+    """The pretrained student whose parsing the report shows (eval mode, CPU): student.pt loaded whole
+    (decoder included), never only its encoders (those leave the parsing decoder g_h at its random
+    initialisation)."""
+    from student.artifacts import load_pretrained_student
 
-    student, _ = load_student(stage_dirs["pretrain"], "cpu")
-    return student.eval()
+    student, _ = load_pretrained_student(stage_dirs["pretrain"], "cpu")
+    return student
 
 
 def _summary(stage_dir: Path) -> dict[str, Any]:

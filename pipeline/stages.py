@@ -126,11 +126,13 @@ def build_transcode_stage(ctx: BuildContext, tc: TranscodeConfig) -> BuildResult
 
 
 def build_pretrain_stage(ctx: BuildContext, m: ModelConfig, p: PretrainConfig, clips: ClipsConfig,
-                         transcoded: bool) -> BuildResult:
+                         transcoded: bool, teacher: TeacherConfig | None = None) -> BuildResult:
+    """``teacher``: the ``[teacher]`` config that built the cache (the held-out KD figures run it)."""
     from student.pretrain import pretrain
 
     cache = ctx.upstream_dir("teacher-cache") if m.kd else None
-    return BuildResult(pretrain(videos_dir(ctx, transcoded), cache, ctx.out_dir, m, p, clips, dist=ctx.dist))
+    return BuildResult(pretrain(videos_dir(ctx, transcoded), cache, ctx.out_dir, m, p, clips, dist=ctx.dist,
+                                teacher_cfg=teacher if m.kd else None))
 
 
 def build_finetune_stage(ctx: BuildContext, m: ModelConfig, f: FinetuneConfig, clip_len: int,
@@ -308,7 +310,8 @@ class StageGraph:
                                     "clips": semantic_dict(clips)}
         if not m.kd:
             semantic["teacher"] = None
-        build = partial(build_pretrain_stage, m=m, p=p, clips=clips, transcoded=self.cfg.transcode.enabled)
+        build = partial(build_pretrain_stage, m=m, p=p, clips=clips, transcoded=self.cfg.transcode.enabled,
+                        teacher=self.cfg.teacher if m.kd else None)
         return self._memo("pretrain", lambda: Stage(
             kind="pretrain", name=p.dataset, version=VERSIONS["pretrain"], semantic=semantic,
             upstream=upstream, build=build, inputs=inputs, command="pipeline pretrain", parallel=True,

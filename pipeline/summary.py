@@ -67,7 +67,20 @@ def _pretrain(s: dict[str, Any]) -> list[str]:
             f"({s.get('clips', '?')} clips), global batch {s.get('global_batch', '?')}, {s.get('device', '?')}",
             f"final loss {_num(final.get('loss'))}" + (f" ({losses})" if losses else "")
             + f"; {_num(s.get('clips_per_s'), 2)} clips/s; encoder in student.pt (pipeline export writes it for "
-              f"other codebases)"]
+              f"other codebases)"] + _heldout(s.get("heldout"), s.get("heldout_untrained"))
+
+
+def _heldout(trained: dict[str, Any] | None, untrained: dict[str, Any] | None) -> list[str]:
+    """The held-out pretext figures (student/pretext_eval.py), each beside the untrained network's."""
+    if not trained:
+        return []
+    u = untrained or {}
+
+    def pair(key: str) -> str:
+        return f"{_num(trained.get(key))} (untrained {_num(u.get(key))})"
+    return [f"held-out videos: RSP {pair('rsp_acc')}; A-VID top-1 {pair('avid_top1')} of {trained.get('avid_gallery')} "
+            f"(chance {_num(trained.get('avid_chance'))}); KD person IoU {pair('kd_person_iou')}, "
+            f"part mIoU {pair('kd_part_miou')}"]
 
 
 def _finetune(s: dict[str, Any]) -> list[str]:

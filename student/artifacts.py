@@ -24,7 +24,7 @@ import torch
 from pipeline.core.config import ModelConfig
 from pipeline.core.errors import TrainingError
 from student.checkpointing import load_checkpoint
-from student.model import ClassifierModel, MultiTaskStudent, load_encoders
+from student.model import ClassifierModel, MultiTaskStudent, load_encoders, student_state_dict
 
 DEFAULT_CLIP_LEN = 16  # RSPNet's finetune clip length
 MATCH_KEYS = ("backbone", "width", "split_after", "kd", "task_dependent")  # pretrained vs [model]
@@ -52,7 +52,8 @@ def build_student(model_cfg: ModelConfig | dict[str, Any], num_parts: int) -> Mu
     cfg = model_config_from(model_cfg)
     return MultiTaskStudent(backbone=cfg.backbone, width=float(cfg.width), split_after=int(cfg.split_after),
                             num_parts=int(num_parts), parse_size=int(cfg.parse_size), kd=bool(cfg.kd),
-                            task_dependent=bool(cfg.task_dependent), proj_dim=int(cfg.proj_dim))
+                            task_dependent=bool(cfg.task_dependent), proj_dim=int(cfg.proj_dim),
+                            decoder_upscale=int(cfg.decoder_upscale))
 
 
 def pretrained_student(ckpt: dict[str, Any]) -> MultiTaskStudent:
@@ -69,6 +70,25 @@ def read_pretrained_file(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt.get("model_config"), dict) or "state_dict" not in ckpt:
         raise TrainingError(f"{path} is not a pretrained student (expected keys model_config, num_parts, state_dict)")
     return ckpt
+
+
+def load_pretrained_student(pretrain_dir: Path, device: str | torch.device = "cpu"
+                            ) -> tuple[MultiTaskStudent, dict[str, Any]]:
+    """The WHOLE pretrained student of ``pretrain_dir/student.pt`` (encoders, parsing decoder g_h and the
+    projection heads, loaded strictly) in eval mode, and the file's metadata.
+
+    Why not ``load_encoders``: that loads f_l / h_h / h_c only (all finetuning needs) and leaves g_h at
+    its random initialisation; anything that shows or measures the student's parsing needs this one.
+    """
+    path = Path(pretrain_dir) / "student.pt"
+    ckpt = read_pretrained_file(path)
+    student = pretrained_student(ckpt)
+    try:
+        student.load_state_dict(student_state_dict(ckpt), strict=True)
+    except RuntimeError as err:
+        raise TrainingError(f"{path}: weights do not fit the model_config stored in the file: "
+                            f"{str(err).splitlines()[0]}") from None
+    return student.to(device).eval(), {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
 def read_pretrained(pretrain_dir: Path, model_cfg: Any) -> dict[str, Any]:

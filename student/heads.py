@@ -33,23 +33,33 @@ class ParsingDecoder(nn.Module):
     that could learn parsing on its own. The 1×1 classifier runs BEFORE the upsampling: bilinear
     interpolation is a convex per-pixel combination and a 1×1 conv is per-pixel affine, so the
     two orders give identical logits, and this one upsamples num_parts channels instead of mid.
+    ``upscale`` r > 1 (``model.decoder_upscale``): the 1×1 classifier predicts an r×r block of logits
+    per feature cell (pixel shuffle) before the bilinear resize. Why: a small input leaves z_h only a
+    few cells wide (3×3 for C3D at 48²), narrower than a limb, and bilinear logits cannot draw a
+    shape inside a cell; the per-cell linear map adds no spatial context of its own, so the shape
+    must still be encoded in z_h. r = 1 is the plain decoder (same weights and state-dict shapes).
     Upsampling uses ``align_corners=False`` (pixel-edge convention, the same one the cached
     teacher maps are cut and resampled with).
     """
 
     def __init__(self, in_channels: int, num_parts: int = 7, parse_size: int = 28,
-                 mid_channels: int | None = None) -> None:
+                 mid_channels: int | None = None, upscale: int = 1) -> None:
         super().__init__()
         mid = mid_channels if mid_channels is not None else max(8, in_channels // 2)
+        if upscale < 1:
+            raise ValueError(f"ParsingDecoder: upscale must be >= 1, got {upscale}")
         self.parse_size = parse_size
+        self.upscale = upscale
         self.conv = nn.Conv2d(in_channels, mid, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(mid)
         self.relu = nn.ReLU(inplace=True)
-        self.classifier = nn.Conv2d(mid, num_parts, 1)
+        self.classifier = nn.Conv2d(mid, num_parts * upscale * upscale, 1)
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() != 5:
             raise ValueError(f"ParsingDecoder: expected a (B, C, T, H, W) feature map, got shape {tuple(z.shape)}")
         x = self.classifier(self.relu(self.bn(self.conv(z.mean(dim=2)))))
+        if self.upscale > 1:
+            x = F.pixel_shuffle(x, self.upscale)
         return F.interpolate(x, size=(self.parse_size, self.parse_size), mode="bilinear", align_corners=False)

@@ -74,18 +74,18 @@ class MultiTaskStudent(_BranchEncoder):
 
     def __init__(self, backbone: str = "c3d", width: float = 1.0, split_after: int = 3, num_parts: int = 7,
                  parse_size: int = 28, kd: bool = True, task_dependent: bool = True, proj_dim: int = 128,
-                 decoder_channels: int | None = None) -> None:
+                 decoder_channels: int | None = None, decoder_upscale: int = 1) -> None:
         f_l, make_high = split_backbone(backbone, width=width, split_after=split_after)
         h_c = make_high()
         h_h = (make_high() if task_dependent else h_c) if kd else None
         super().__init__(f_l, h_c, h_h)
         self.config = dict(backbone=f_l.backbone, width=width, split_after=split_after, num_parts=num_parts,
                            parse_size=parse_size, kd=kd, task_dependent=task_dependent, proj_dim=proj_dim,
-                           decoder_channels=decoder_channels)
+                           decoder_channels=decoder_channels, decoder_upscale=decoder_upscale)
         self.kd = kd
         self.task_dependent = task_dependent
         c = h_c.out_channels
-        self.g_h = ParsingDecoder(c, num_parts, parse_size, decoder_channels) if kd else None
+        self.g_h = ParsingDecoder(c, num_parts, parse_size, decoder_channels, decoder_upscale) if kd else None
         self.g_m = ProjectionHead(c, proj_dim)
         self.g_a = ProjectionHead(c, proj_dim)
 

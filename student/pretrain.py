@@ -46,6 +46,9 @@ from student.pretrain_data import (PretrainClipDataset, build_pretrain_loader, c
 from student.gpu_augment import batch_clips
 from student.moco import trimmed_queue_size
 from student.pretrain_model import PretrainModel
+from student.pretext_eval import (FIGURES, HeldoutSet, build_heldout_set, describe, evaluate_pretext, heldout_entries,
+                                  teacher_for_heldout)
+from student.transforms import ClipAugment
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,8 @@ def build_pretrain_model(model_cfg: ModelConfig, cfg: PretrainConfig, num_parts:
                          queue_size=trimmed_queue_size(cfg.queue_size, global_batch or cfg.batch_size),
                          momentum=cfg.moco_momentum,
                          tau=cfg.temperature, margin=cfg.margin, lambda_kd=cfg.lambda_kd, lambda_m=cfg.lambda_m,
-                         lambda_a=cfg.lambda_a, exclude_same_video=cfg.exclude_same_video)
+                         lambda_a=cfg.lambda_a, exclude_same_video=cfg.exclude_same_video,
+                         decoder_upscale=m.decoder_upscale)
 
 
 def warn_queue_size(queue_size: int, videos: int, exclude_same_video: bool) -> None:
@@ -172,7 +176,8 @@ def _config_dict(model_cfg: ModelConfig, cfg: PretrainConfig, clips: ClipsConfig
 _RESUME_KEYS = ("model", "clips")
 _RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lambda_kd", "lambda_m",
                              "lambda_a", "queue_size", "exclude_same_video", "moco_momentum", "temperature", "margin",
-                             "crop_area", "seed", "max_steps_per_epoch")
+                             "crop_area", "seed", "max_steps_per_epoch", "jitter", "jitter_p", "grayscale_p",
+                             "shared_colour")
 
 
 def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], world: int, spe: int) -> None:
@@ -199,12 +204,18 @@ def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], 
 # --------------------------------------------------------------------------------------------
 
 def pretrain(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, model_cfg: ModelConfig, cfg: PretrainConfig,
-             clips: ClipsConfig, *, dist: DistInfo, on_step: Callable[[StepInfo], None] | None = None) -> dict:
+             clips: ClipsConfig, *, dist: DistInfo, on_step: Callable[[StepInfo], None] | None = None,
+             teacher_cfg: Any | None = None, teacher: Any | None = None) -> dict:
     """Pretrain the multi-task student; write checkpoints/last.pt, student.pt and metrics.jsonl into ``out_dir``.
 
     Every rank calls this (``dist`` says which); rank 0 writes files. Raises
     :class:`~student.checkpointing.TrainingInterrupted` after saving a checkpoint when SIGTERM or
     SIGINT arrives. ``on_step`` is called after every optimizer step (tests use it).
+
+    Rank 0 also measures the pretext tasks on held-out videos (``pretrain.heldout_videos``, see
+    :mod:`student.pretext_eval`): before the first step and at the end (and every ``heldout_every``
+    epochs); the KD figures need the teacher: a backend (``teacher``) or the ``[teacher]`` config
+    that built the cache (``teacher_cfg``).
     """
     out_dir = Path(out_dir)
     device = torch.device(stage_device(cfg.device, dist))
@@ -213,9 +224,31 @@ def pretrain(manifest_dir: Path, cache_dir: Path | None, out_dir: Path, model_cf
             torch.cuda.set_device(device)  # the current device is the one whose RNG state checkpoints carry
         data = _load_data(manifest_dir, cache_dir, model_cfg, cfg, clips, dist, device)
         net = _build(model_cfg, cfg, data, dist, device)
-        loop = _Loop(data, net, model_cfg, cfg, dist, device, out_dir, _config_dict(model_cfg, cfg, clips), on_step)
+        heldout = _heldout_set(data, model_cfg, cfg, clips, dist, device, teacher_cfg, teacher)
+        loop = _Loop(data, net, model_cfg, cfg, dist, device, out_dir, _config_dict(model_cfg, cfg, clips), on_step,
+                     heldout)
         loop.run()
         return loop.finish()
+
+
+def _heldout_set(data: "_Data", model_cfg: ModelConfig, cfg: PretrainConfig, clips: ClipsConfig, dist: DistInfo,
+                 device: torch.device, teacher_cfg: Any | None, teacher: Any | None) -> HeldoutSet | None:
+    """The held-out items (rank 0 only; None when off or when the manifest holds no held-out video)."""
+    if not dist.is_main or cfg.heldout_videos <= 0:
+        return None
+    entries = heldout_entries(data.manifest, clips.splits, cfg.heldout_videos)
+    if not entries:
+        log.warning("pretrain: no held-out videos (every video of %s is in clips.splits = %s): the pretext tasks "
+                    "are not measured on unseen videos", data.manifest.dataset, list(clips.splits))
+        return None
+    if model_cfg.kd and teacher is None and teacher_cfg is not None:
+        teacher = teacher_for_heldout(teacher_cfg, str(device))
+    t0 = time.perf_counter()
+    hs = build_heldout_set(data.manifest, entries, clip_len=clips.clip_len, speeds=clips.speeds,
+                           input_size=model_cfg.input_size, crop_area=cfg.crop_area,
+                           teacher=teacher if model_cfg.kd else None)
+    log.info("pretrain: %d held-out videos prepared in %.1f s", len(hs), time.perf_counter() - t0)
+    return hs
 
 
 @dataclass
@@ -261,8 +294,11 @@ def _load_data(manifest_dir: Path, cache_dir: Path | None, model_cfg: ModelConfi
     label_names: list[str] = []
     if model_cfg.kd:
         plan, cache, label_names, dropped = _with_teacher_maps(plan, cache_dir, cfg, dist, manifest.dataset)
+    augment = ClipAugment(model_cfg.input_size, area=tuple(cfg.crop_area), jitter=tuple(cfg.jitter),
+                          jitter_p=cfg.jitter_p, grayscale_p=cfg.grayscale_p)
     dataset = PretrainClipDataset(manifest, plan, cache, model_cfg, clips, crop_area=cfg.crop_area, seed=cfg.seed,
-                                  augment_device=cfg.augment_device)
+                                  augment=augment, augment_device=cfg.augment_device,
+                                  shared_colour=cfg.shared_colour)
     loader, sampler = build_pretrain_loader(dataset, cfg.batch_size, cfg.workers, rank=dist.rank,
                                             world_size=dist.world_size, seed=cfg.seed,
                                             pin_memory=device.type == "cuda")
@@ -361,6 +397,23 @@ class MetricWindow:
         self.window_steps, self.t_window = 0, now
 
 
+def _previous_heldout(path: Path) -> list[dict[str, Any]]:
+    """The ``heldout`` records an interrupted run already wrote (a resumed run keeps them)."""
+    import json
+
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if r.get("event") == "heldout"]
+
+
+def _figures(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The figures of a ``heldout`` record (without event and time), for the stage summary."""
+    if record is None:
+        return None
+    return {k: record[k] for k in ("epoch", "step", *FIGURES) if k in record}
+
+
 def _amp_name(dtype: torch.dtype | None) -> str:
     return str(dtype).replace("torch.", "") if dtype else "off"
 
@@ -370,8 +423,10 @@ class _Loop:
 
     def __init__(self, data: _Data, net: _Net, model_cfg: ModelConfig, cfg: PretrainConfig, dist: DistInfo,
                  device: torch.device, out_dir: Path, config: dict[str, Any],
-                 on_step: Callable[[StepInfo], None] | None) -> None:
+                 on_step: Callable[[StepInfo], None] | None, heldout: HeldoutSet | None = None) -> None:
         self.data, self.net, self.model_cfg, self.cfg = data, net, model_cfg, cfg
+        self.heldout = heldout
+        self.heldout_records: list[dict[str, Any]] = []
         self.dist, self.device = dist, device
         self.out_dir, self.config, self.on_step = out_dir, config, on_step
         self.ckpt_path = out_dir / "checkpoints" / "last.pt"
@@ -420,11 +475,17 @@ class _Loop:
                                queue_size=self.net.pm.queue.size, amp=_amp_name(self.net.dtype),
                                resumed=self.resumed_from is not None)
         self.ddp.train()
+        self.heldout_records = _previous_heldout(self.out_dir / "metrics.jsonl") if self.resumed_from else []
+        if self.global_step == 0:
+            self.evaluate_heldout(0)  # the untrained network (this seed's initialisation)
         try:
             with GracefulStop() as stop:
                 for epoch in range(self.start_epoch, self.cfg.epochs):
                     self.train_epoch(epoch, self.start_step if epoch == self.start_epoch else 0, stop)
                     self.end_epoch(epoch)
+                    every = self.cfg.heldout_every
+                    if every and (epoch + 1) % every == 0 and epoch + 1 < self.cfg.epochs:
+                        self.evaluate_heldout(epoch + 1)
         finally:
             self.bar.close()
             self.metrics.close()
@@ -478,6 +539,22 @@ class _Loop:
                                                         f"{rate:.1f} clip/s")
         self.sums.reset_window(now)
 
+    def evaluate_heldout(self, epochs_done: int) -> None:
+        """Rank 0: the held-out figures of the student now, as a ``heldout`` record of metrics.jsonl."""
+        if self.heldout is None:
+            return
+        if self.heldout_records and self.heldout_records[-1]["step"] == self.global_step:
+            return  # already measured at this step (a resumed run)
+        t0 = time.perf_counter()
+        fig = evaluate_pretext(self.net.pm.student, self.heldout, self.device,
+                               autocast=lambda: autocast(self.device, self.net.dtype))
+        record = {"event": "heldout", "epoch": epochs_done, "step": self.global_step, **fig}
+        self.heldout_records.append(record)
+        self.metrics.write(**record)
+        log.info("pretrain: held-out at step %d (%s): %s (%.1f s)", self.global_step,
+                 "untrained" if self.global_step == 0 else f"{epochs_done} epochs", describe(fig),
+                 time.perf_counter() - t0)
+
     def interrupt(self, epoch: int, step_in_epoch: int, stop: GracefulStop) -> None:
         """Save at this step boundary, record why, and raise TrainingInterrupted."""
         if self.sums.window_steps:
@@ -503,6 +580,14 @@ class _Loop:
         clips_per_s = self.steps_run * net.global_batch / elapsed if self.steps_run else 0.0
         num_parts = len(data.label_names)
         average_bn_stats(net.pm)  # training is over: the saved student is rank-independent
+        if dist.is_main and self.heldout is not None:
+            self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=True)
+            try:
+                self.evaluate_heldout(self.cfg.epochs)
+            finally:
+                self.metrics.close()
+        first = next((r for r in self.heldout_records if r["step"] == 0), None)
+        last = self.heldout_records[-1] if self.heldout_records and self.heldout_records[-1]["step"] else None
         if dist.is_main:
             save_checkpoint(self.out_dir / "student.pt", {
                 "model_config": dataclasses.asdict(self.model_cfg), "num_parts": num_parts,
@@ -518,5 +603,7 @@ class _Loop:
             "clips_per_s": round(clips_per_s, 3),
             "final": {k: round(v, 6) for k, v in self.last_epoch_means.items()},
             "resumed_from": self.resumed_from, "num_parts": num_parts, "label_names": data.label_names,
+            # on held-out videos (student/pretext_eval.py): the trained student and the untrained network
+            "heldout": _figures(last), "heldout_untrained": _figures(first),
         }
 

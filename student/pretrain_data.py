@@ -7,8 +7,9 @@ draws them), a speed s for the query and positive key and another speed s' for t
 clips' frames are decoded with ONE ``read_frames`` call. The sampler assigns the query speed so
 that every batch holds exactly as many queries at each speed as the batch size allows (half and
 half for two speeds), as RSPNet's batches do. Query and key get independent
-augmentations; key_pos and key_neg share the key's (same window, same crop/flip/colour), so
-they differ only in playback speed. The teacher map of anchor A is cut with the query's crop box
+augmentations (with ``shared_colour``: independent geometry, one colour draw); key_pos and
+key_neg share the key's (same window, same crop/flip/colour), so they differ only in playback
+speed. The teacher map of anchor A is cut with the query's crop box
 and flip, at the decoder's resolution.
 
 Every random choice of an item comes from ``numpy.random.default_rng([seed, epoch, index])``:
@@ -33,7 +34,7 @@ from data_manifests.video import read_frames
 from pipeline.core.config import ClipsConfig, ModelConfig
 from pipeline.core.errors import TeacherCacheError, TrainingError
 from pipeline.core.lifetime import die_with_parent
-from student.transforms import ClipAugment, colour_vector
+from student.transforms import ClipAugment, colour_vector, with_colour_of
 
 FrameReader = Callable[..., np.ndarray]
 
@@ -90,7 +91,7 @@ class PretrainClipDataset(Dataset):
     def __init__(self, manifest: Manifest, plan: Sequence[Clip], cache: Any | None, model_cfg: ModelConfig,
                  clips_cfg: ClipsConfig, crop_area: Sequence[float] = (0.4, 1.0), seed: int = 0, *,
                  reader: FrameReader = read_frames, augment: ClipAugment | None = None,
-                 augment_device: str = "cpu") -> None:
+                 augment_device: str = "cpu", shared_colour: bool = False) -> None:
         speeds = sorted(set(int(s) for s in clips_cfg.speeds))
         if len(speeds) < 2:
             raise TrainingError(f"pretraining needs at least two distinct clips.speeds for the relative-speed "
@@ -110,6 +111,7 @@ class PretrainClipDataset(Dataset):
         if augment_device not in ("cpu", "gpu"):
             raise TrainingError(f"pretrain.augment_device: {augment_device!r} is not one of 'cpu', 'gpu'")
         self.augment_device = augment_device  # "gpu": uint8 clips + colour parameters (student/gpu_augment.py)
+        self.shared_colour = bool(shared_colour)  # keys take the query's colour draw (pretrain.shared_colour)
         self.seed = int(seed)
         self.reader = reader
         self.epoch = 0
@@ -162,7 +164,9 @@ class PretrainClipDataset(Dataset):
 
         h, w = frames.shape[1:3]
         q_params = self.augment.sample(h, w, rng)
-        key_params = self.augment.sample(h, w, rng)
+        key_params = self.augment.sample(h, w, rng)  # drawn either way: the item's random stream stays the same
+        if self.shared_colour:
+            key_params = with_colour_of(key_params, q_params)
         finish = self.augment.geometry if self.augment_device == "gpu" else self.augment.apply
         q = finish(take(idx_q), q_params)
         kp = finish(take(idx_p), key_params)

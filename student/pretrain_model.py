@@ -35,12 +35,12 @@ class PretrainModel(nn.Module):
                  parse_size: int = 28, kd: bool = True, task_dependent: bool = True, proj_dim: int = 128,
                  decoder_channels: int | None = None, queue_size: int = 16384, momentum: float = 0.999,
                  tau: float = 0.07, margin: float = 2.0, lambda_kd: float = 1.0, lambda_m: float = 1.0,
-                 lambda_a: float = 1.0, exclude_same_video: bool = True) -> None:
+                 lambda_a: float = 1.0, exclude_same_video: bool = True, decoder_upscale: int = 1) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"PretrainModel: momentum must be in [0, 1], got {momentum}")
         self.student = MultiTaskStudent(backbone, width, split_after, num_parts, parse_size, kd, task_dependent,
-                                        proj_dim, decoder_channels)
+                                        proj_dim, decoder_channels, decoder_upscale)
         s = self.student
         self.key_encoder = MomentumEncoder(s.f_l, s.h_c, s.g_m, s.g_a)
         self.queue = KeyQueue(proj_dim, queue_size)

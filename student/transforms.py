@@ -13,6 +13,7 @@ spawned DataLoader worker and DDP rank.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -191,6 +192,14 @@ class ClipAugment:
         if p.grayscale:
             x = grayscale(x).expand_as(x).contiguous()
         return x
+
+
+def with_colour_of(params: ClipAugParams, source: ClipAugParams) -> ClipAugParams:
+    """``params``' geometry (crop, flip) with ``source``'s colour draw: ``pretrain.shared_colour``, where the
+    keys take the query's colour parameters so that colour alone cannot tell a pair apart or together."""
+    return dataclasses.replace(params, jitter_order=source.jitter_order, brightness=source.brightness,
+                               contrast=source.contrast, saturation=source.saturation, hue=source.hue,
+                               grayscale=source.grayscale)
 
 
 COLOUR_FIELDS = ("jitter", "order0", "order1", "order2", "order3", "brightness", "contrast", "saturation",

@@ -14,7 +14,8 @@ from pipeline.stage import explain_change
 from pipeline.stages import StageGraph
 
 ALL = {"synthetic:default", "manifest:kinetics400", "manifest:hmdb51", "teacher-cache:kinetics400",
-       "pretrain:kinetics400", "finetune:hmdb51-split1", "evaluate:hmdb51-split1"}
+       "pretrain:kinetics400", "finetune:hmdb51-split1", "evaluate:hmdb51-split1",
+       "evaluate:hmdb51-split1.scene_swapped"}  # the demo config's evaluate.test_sets
 
 
 def _graph_stages(work: Path) -> dict:
@@ -48,13 +49,14 @@ def test_run_stage_keys_are_the_expected_graph(tmp_path: Path):
 
 def test_finetune_edit_rebuilds_finetune_and_evaluate_only(project_copy: Path, tmp_path: Path):
     changed, reasons = _edit_and_compare(project_copy, tmp_path / "w", "student/finetune.py")
-    assert changed == {"finetune:hmdb51-split1", "evaluate:hmdb51-split1"}
+    assert changed == {"finetune:hmdb51-split1", "evaluate:hmdb51-split1", "evaluate:hmdb51-split1.scene_swapped"}
     assert "code student/finetune.py changed" in reasons["finetune:hmdb51-split1"]
 
 
 def test_moco_edit_rebuilds_pretrain_and_downstream_not_the_teacher_cache(project_copy: Path, tmp_path: Path):
     changed, reasons = _edit_and_compare(project_copy, tmp_path / "w", "student/moco.py")
-    assert changed == {"pretrain:kinetics400", "finetune:hmdb51-split1", "evaluate:hmdb51-split1"}
+    assert changed == {"pretrain:kinetics400", "finetune:hmdb51-split1", "evaluate:hmdb51-split1",
+                       "evaluate:hmdb51-split1.scene_swapped"}
     assert reasons["pretrain:kinetics400"] == ["code student/moco.py changed"]
     assert reasons["finetune:hmdb51-split1"] == ["upstream pretrain:kinetics400 changed"]
 

@@ -34,8 +34,9 @@ def test_run_dry_run_lists_each_stage_once(tmp_path: Path):
     assert lines == ["would build synthetic:default (missing)", "would build manifest:kinetics400 (missing)",
                      "would build manifest:hmdb51 (missing)", "would build teacher-cache:kinetics400 (missing)",
                      "would build pretrain:kinetics400 (missing)", "would build finetune:hmdb51-split1 (missing)",
-                     "would build evaluate:hmdb51-split1 (missing)"]
-    assert res.output.splitlines()[-1] == "7 of 7 stages to build"
+                     "would build evaluate:hmdb51-split1 (missing)",
+                     "would build evaluate:hmdb51-split1.scene_swapped (missing)"]  # evaluate.test_sets
+    assert res.output.splitlines()[-1] == "8 of 8 stages to build"
 
 
 def test_problems_from_the_config_alone(tmp_path: Path):

@@ -388,3 +388,35 @@ def test_two_process_ddp_queue_gets_keys_from_both_ranks(toy, tmp_path: Path) ->
     assert ck["world_size"] == 2 and len(ck["rng"]) == 2
     assert tensors_equal(ck["model"], r1["state"]) == []
     assert (out / "student.pt").is_file()
+
+
+class _FlatTeacher:
+    """A teacher for the held-out maps: every pixel background."""
+
+    def loader(self, path, frames):
+        return np.zeros((len(frames), VH, VW), np.uint8)
+
+    def maps(self, batch):
+        m = torch.zeros(len(batch), len(LABELS), 8, 8)
+        m[:, 0] = 1
+        return m
+
+
+def test_heldout_records_untrained_then_trained(toy, tmp_path: Path) -> None:
+    """Videos outside clips.splits are measured before the first step and after training, never trained on."""
+    from data_manifests.manifest import load_manifest
+
+    m = load_manifest(toy["manifest"])
+    entries = [dataclasses.replace(e, split="val") if i >= 5 else e for i, e in enumerate(m.entries)]
+    write_manifest(tmp_path / "manifest", Manifest(dataset="toy", root=m.root, classes=m.classes, entries=entries), [])
+    cfg = dataclasses.replace(CFG, heldout_videos=8, heldout_every=1, epochs=2)
+    summary = pretrain(tmp_path / "manifest", toy["cache"], tmp_path / "out", MODEL, cfg, CLIPS, dist=DistInfo(),
+                       teacher=_FlatTeacher())
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in rows if r["event"] == "heldout"]
+    assert [(r["epoch"], r["step"]) for r in held] == [(0, 0), (1, 1), (2, 2)]
+    assert all(r["avid_gallery"] == 3 and r["avid_chance"] == pytest.approx(1 / 3) for r in held)
+    assert held[0]["kd_person_iou"] is not None
+    assert summary["videos"] == 5
+    assert summary["heldout_untrained"]["step"] == 0 and summary["heldout"]["step"] == 2
+    assert summary["heldout"]["rsp_acc"] == held[-1]["rsp_acc"]

@@ -368,3 +368,34 @@ def test_sampler_speed_slot_sets_the_query_speed() -> None:
         for i in range(len(ds)):
             item = ds[(0, i, slot)]
             assert item["speed"] == speed and item["neg_speed"] != speed
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_colour_gives_the_keys_the_querys_colour_draw_and_keeps_the_geometry(shared: bool) -> None:
+    """pretrain.shared_colour: one colour draw for query and keys; crops and the item's other draws unchanged."""
+    manifest = make_manifest([40, 60, 33])
+    plan = make_plan(manifest, CLIPS.anchors_per_video, CLIPS.span)
+    aug = ClipAugment(MODEL.input_size, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.5, grayscale_p=0.5)
+    make = lambda s: PretrainClipDataset(manifest, plan, XCache(), MODEL, CLIPS, seed=5, reader=FakeReader(),  # noqa: E731
+                                          augment=aug, augment_device="gpu", shared_colour=s)
+    ds, ref = make(shared), make(False)
+    same = []
+    for i in range(3):
+        for epoch in range(4):
+            item, base = ds[(epoch, i)], ref[(epoch, i)]
+            same.append(torch.equal(item["query_colour"], item["key_colour"]))
+            assert torch.equal(item["query_colour"], base["query_colour"])
+            assert torch.equal(item["key_pos"], base["key_pos"]) and torch.equal(item["query_box"], base["query_box"])
+    assert all(same) if shared else not any(same)
+
+
+def test_colour_keys_reach_the_augmentation_and_are_checked() -> None:
+    from pipeline.core.config import ConfigError, load_config
+
+    cfg = load_config(overrides=["pretrain.jitter=[0.1, 0.2, 0.3, 0.05]", "pretrain.jitter_p=0.0",
+                                 "pretrain.grayscale_p=0.0", "pretrain.shared_colour=true"])
+    assert cfg.pretrain.jitter == [0.1, 0.2, 0.3, 0.05] and cfg.pretrain.shared_colour
+    with pytest.raises(ConfigError, match="pretrain.jitter"):
+        load_config(overrides=["pretrain.jitter=[0.4, 0.4, 0.4, 0.6]"])
+    with pytest.raises(ConfigError, match="jitter_p"):
+        load_config(overrides=["pretrain.jitter_p=1.5"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .layouts import (PlannedVideo, plan_dataset, write_hmdb51_splits, write_kin
                       write_ucf101_splits)
 from .masks import mask_path_for, save_part_masks
 from .render import render_video, write_video
+from .scene_swap import SWAPPED_DIR, write_scene_swapped
 from .spec import SyntheticSpec
 
 INDEX_FILE = "synthetic.json"
@@ -30,7 +32,9 @@ def _make_one(root: str, pv: PlannedVideo, single_thread: bool) -> dict[str, Any
     r = render_video(pv.job)
     save_part_masks(mask_path_for(path), r.masks)
     write_video(path, r.frames, pv.job.fps, pv.fourcc)
-    return {"dataset": pv.dataset, "path": pv.relpath, "class": pv.cls, "frames": int(r.masks.shape[0]), **r.info}
+    scene = {"scene": pv.scene} if pv.scene else {}
+    return {"dataset": pv.dataset, "path": pv.relpath, "class": pv.cls, "frames": int(r.masks.shape[0]), **scene,
+            **r.info}
 
 
 def _clean_stale_temps(root: Path) -> None:
@@ -40,6 +44,10 @@ def _clean_stale_temps(root: Path) -> None:
             for p in (root / ds).rglob(".*.tmp-*"):
                 if p.is_file():
                     p.unlink()
+    frames = root / SWAPPED_DIR / "frames"
+    if frames.is_dir():
+        for p in frames.glob(".*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def generate_synthetic(out_dir: str | os.PathLike, cfg: SyntheticSpec | None = None, workers: int = 1,
@@ -78,6 +86,8 @@ def generate_synthetic(out_dir: str | os.PathLike, cfg: SyntheticSpec | None = N
         "ucf101": {"videos": len(by["ucf101"]), **write_ucf101_splits(root / "ucf101", spec, by["ucf101"])},
         "hmdb51": {"videos": len(by["hmdb51"]), **write_hmdb51_splits(root / "hmdb51", spec, by["hmdb51"])},
     }
+    if spec.scene_bias > 0:  # the scene-swapped copies of the HMDB51-style test videos (scene_swap.py)
+        summary[SWAPPED_DIR] = write_scene_swapped(root, spec, by["hmdb51"], workers, progress)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     index = {"spec": spec.to_dict(), "summary": summary, "videos": records}
     atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True))

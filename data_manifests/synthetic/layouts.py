@@ -12,6 +12,7 @@ byte-compatible with the originals (see reference/FACTS.md "Dataset formats"):
 """
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class PlannedVideo:
     time_end: int = 0
     is_cc: int = 0
     group: int = 0            # ucf101 only
+    scene: str = ""           # hmdb51 with scene bias: the class whose place the video is shot in
 
 
 def class_code(name: str) -> int:
@@ -115,6 +117,27 @@ def _movie_title(rng: np.random.Generator) -> str:
     return "_".join(words)
 
 
+def class_place(spec: SyntheticSpec, cls: str) -> tuple[int, ...]:
+    """The place seed a class owns when the scene-bias knob is on (``SyntheticSpec.scene_bias``)."""
+    return (spec.seed, DATASET_CODES["hmdb51"], class_code(cls), 7)
+
+
+def other_class(spec: SyntheticSpec, cls: str, rng: np.random.Generator) -> str:
+    """A class drawn uniformly among the others."""
+    others = [c for c in spec.classes if c != cls]
+    return others[int(rng.integers(len(others)))] if others else cls
+
+
+def hmdb_scene(spec: SyntheticSpec, cls: str, i: int) -> str:
+    """Whose place video ``i`` of ``cls`` is shot in: "" (its own) when the knob is off; else its class's
+    with probability ``scene_bias`` and another class's otherwise (a pure function of the seed)."""
+    if spec.scene_bias <= 0:
+        return ""
+    rng = _rng(spec.seed, DATASET_CODES["hmdb51"], class_code(cls), i, 77)
+    own = rng.random() < spec.scene_bias
+    return cls if own else other_class(spec, cls, rng)
+
+
 def plan_hmdb51(spec: SyntheticSpec) -> list[PlannedVideo]:
     out = []
     for cls in spec.classes:
@@ -132,7 +155,10 @@ def plan_hmdb51(spec: SyntheticSpec) -> list[PlannedVideo]:
                 stem = f"{title}_{name}_{'_'.join(tags)}_{k}"
             seen.add(stem)
             seed = (spec.seed, DATASET_CODES["hmdb51"], cc, i)
-            out.append(PlannedVideo("hmdb51", cls, f"videos/{name}/{stem}.avi", "DIVX", _job(spec, cls, seed, seed)))
+            scene = hmdb_scene(spec, cls, i)
+            place = class_place(spec, scene) if scene else None
+            job = dataclasses.replace(_job(spec, cls, seed, seed), place_seed=place)
+            out.append(PlannedVideo("hmdb51", cls, f"videos/{name}/{stem}.avi", "DIVX", job, scene=scene))
     return out
 
 

@@ -54,6 +54,7 @@ class VideoJob:
     height: int
     fps: float
     look: Look = Look()
+    place_seed: tuple[int, ...] | None = None  # the place (background texture, floor); None: the actor's own
 
 
 @dataclass
@@ -111,7 +112,7 @@ def render_video(job: VideoJob) -> Rendered:
     actor_rng, rng = _rng(job.actor_seed), _rng(job.clip_seed)
     look = job.look
     body = sample_body(actor_rng, look.limb_thickness)
-    place_rng = _rng(tuple(job.actor_seed) + (7,))
+    place_rng = _rng(tuple(job.place_seed) if job.place_seed is not None else tuple(job.actor_seed) + (7,))
     act = get_action(job.action)
     style = Style(amp=float(rng.uniform(0.85, 1.15)), side=str(rng.choice(["l", "r"])),
                   variant=int(rng.integers(act.variants)))

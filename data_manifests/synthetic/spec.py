@@ -30,6 +30,10 @@ class SyntheticSpec:
     max_yaw: float = 45.0                   # degrees; 0 faces the camera, 90 is a profile
     limb_thickness: float = 1.3             # multiplier on every limb's thickness
     distractors: tuple[int, int] = (1, 3)   # moving distractor objects per video, inclusive range
+    # scene bias (HMDB51-style videos only): 0 = off, every video its own place; p > 0 = each class owns a
+    # place (background texture and floor) and a video is shot in its class's place with probability p,
+    # else in another class's; the scene-swapped test set (scene_swap.py) is then written too
+    scene_bias: float = 0.0
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
@@ -47,6 +51,8 @@ class SyntheticSpec:
         if not 0 <= self.distractors[0] <= self.distractors[1]:
             raise ValueError(f"SyntheticSpec.distractors must be (min, max) with 0 <= min <= max, "
                              f"got {self.distractors}")
+        if not 0.0 <= self.scene_bias <= 1.0:
+            raise ValueError(f"SyntheticSpec.scene_bias must be in [0, 1], got {self.scene_bias}")
         unknown = [c for c in self.classes if c not in ACTIONS]
         if unknown:
             raise ValueError(f"SyntheticSpec.classes: unknown action(s) {unknown}; known: {sorted(ACTIONS)}")
@@ -78,7 +84,7 @@ def spec_from_config(cfg: Any) -> SyntheticSpec:
     """A SyntheticSpec from the pipeline's ``[synthetic]`` config section (or any object with the
     same attribute names: seed, frames, width, height, fps, *_per_class; optionally classes,
     ucf_groups, kinetics_val_fraction and the difficulty knobs figure_scale, max_yaw,
-    limb_thickness, distractors). Missing attributes keep the spec defaults."""
+    limb_thickness, distractors, scene_bias). Missing attributes keep the spec defaults."""
     d = SyntheticSpec()
     get = lambda name, default: getattr(cfg, name, default)  # noqa: E731
     return SyntheticSpec(
@@ -96,4 +102,5 @@ def spec_from_config(cfg: Any) -> SyntheticSpec:
         max_yaw=float(get("max_yaw", d.max_yaw)),
         limb_thickness=float(get("limb_thickness", d.limb_thickness)),
         distractors=tuple(get("distractors", d.distractors)),
+        scene_bias=float(get("scene_bias", d.scene_bias)),
     )

@@ -50,6 +50,9 @@ class SyntheticConfig:
         kinetics_per_class (videos): Kinetics-style videos per class (the pretraining set; a quarter are val).
         ucf_per_class (videos): UCF101-style videos per class (retrieval's default dataset).
         hmdb_per_class (videos): HMDB51-style videos per class (the finetuning set; split into train/test/unused).
+        scene_bias (probability): an HMDB51-style video is shot in its class's place with this probability
+            (0: off); above 0 the scene-swapped test set hmdb51_scene_swapped/ is written too (the same test
+            videos in another class's place, SCUBA's rawframes layout; data_manifests/synthetic/scene_swap.py).
         workers (processes): parallel video writers.
     """
 
@@ -61,6 +64,7 @@ class SyntheticConfig:
     kinetics_per_class: int = _opt(12, min=1)
     ucf_per_class: int = _opt(10, min=2)
     hmdb_per_class: int = _opt(10, min=2)
+    scene_bias: float = _opt(0.0, min=0.0, max=1.0)
     workers: int = _exec(2, min=1)
 
 
@@ -169,6 +173,8 @@ class ModelConfig:
         kd: train the human-prior distillation branch (false: the paper's "w/o KD").
         task_dependent: separate high-level encoders h_h and h_c (false: the paper's "TI", one shared).
         proj_dim (dimensions): output size of the RSP and A-VID projection heads.
+        decoder_upscale (cells): the parsing decoder g_h predicts an r×r block of logits per feature cell
+            (pixel shuffle) before the resize to parse_size; 1 = plain bilinear upsampling.
     """
 
     backbone: str = _opt("c3d", choices=("c3d", "r2plus1d", "r3d18"))
@@ -179,6 +185,7 @@ class ModelConfig:
     kd: bool = _opt(True)
     task_dependent: bool = _opt(True)
     proj_dim: int = _opt(128, min=8)
+    decoder_upscale: int = _opt(1, min=1, max=16)
 
 
 @dataclass
@@ -201,6 +208,13 @@ class PretrainConfig:
         temperature: softmax temperature of the contrastive similarities.
         margin: margin of the RSP ranking loss.
         crop_area (fraction of frame area): [min, max] area of the random resized crop.
+        jitter: ColorJitter strengths [brightness, contrast, saturation, hue] (RSPNet's recipe by default).
+        jitter_p (probability): probability that a clip is colour-jittered.
+        grayscale_p (probability): probability that a clip is turned to grayscale.
+        shared_colour: the query and the keys share one draw of colour parameters (RSPNet: independent draws).
+        heldout_videos (videos): the pretext tasks are measured on at most this many videos never pretrained
+            on (student/pretext_eval.py; 0: off), before training and at the end.
+        heldout_every (epochs): also measure them every this many epochs (0: only before and at the end).
         seed: seed of sampling, augmentation and initialisation.
         init_from (path): start from these encoder weights (a student.pt or an RSPNet release) instead of random.
         max_steps_per_epoch (steps): cap on steps per epoch; 0 is a full pass over the clip plan.
@@ -231,6 +245,12 @@ class PretrainConfig:
     temperature: float = _opt(0.07, min=1e-4)
     margin: float = _opt(2.0, min=0.0)
     crop_area: list[float] = _list([0.4, 1.0])
+    jitter: list[float] = _list([0.4, 0.4, 0.4, 0.4])
+    jitter_p: float = _opt(1.0, min=0.0, max=1.0)
+    grayscale_p: float = _opt(0.2, min=0.0, max=1.0)
+    shared_colour: bool = _opt(False)
+    heldout_videos: int = _opt(128, min=0)
+    heldout_every: int = _opt(0, min=0)
     seed: int = _opt(0)
     init_from: str = _opt("")
     max_steps_per_epoch: int = _opt(0, min=0)  # 0: a full pass over the clip plan
@@ -685,6 +705,10 @@ def _check_consistency(cfg: Config, where: str) -> None:
     lo, hi = cfg.pretrain.crop_area
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"{where}: pretrain.crop_area must be [min, max] with 0 < min <= max <= 1")
+    jit = cfg.pretrain.jitter
+    if len(jit) != 4 or min(jit) < 0 or jit[3] > 0.5:
+        raise ConfigError(f"{where}: pretrain.jitter must be [brightness, contrast, saturation, hue], each >= 0 "
+                          f"and hue <= 0.5, got {list(jit)}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

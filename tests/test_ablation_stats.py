@@ -1,0 +1,49 @@
+"""The ablation's statistics (bench/ablation_synthetic.py): paired differences to scratch with 95 % t-intervals."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("ablation_synthetic", BENCH / "ablation_synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_t_interval_matches_the_textbook(ablation) -> None:
+    m, lo, hi = ablation.t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    # mean 3, sd sqrt(2.5), t_{0.975,4} = 2.776: half-width 2.776 * 1.5811 / sqrt(5) = 1.963
+    assert m == 3.0 and lo == pytest.approx(3 - 1.963, abs=1e-3) and hi == pytest.approx(3 + 1.963, abs=1e-3)
+    assert ablation.t_interval([1.0]) is None
+
+
+def test_summary_pairs_by_seed_and_flags_significance(ablation) -> None:
+    runs = []
+    for seed, (s, f) in enumerate([(50, 55), (40, 46), (60, 64), (45, 52), (55, 59)]):
+        runs.append({"variant": "scratch", "seed": seed, "top1": s, "top1_swapped": s - 20, "drop": 20.0,
+                     "human_focus": 0.2})
+        runs.append({"variant": "full", "seed": seed, "top1": f, "top1_swapped": f - 20 + (seed % 2) * 2 - 1,
+                     "drop": 21.0 - (seed % 2) * 2, "human_focus": 0.2, "heldout_rsp_acc": 0.9,
+                     "untrained_rsp_acc": 0.5})
+    summary = ablation.summarise(runs, ["scratch", "full"])
+    full = summary["full"]
+    d = full["top1_minus_scratch"]
+    assert d["n"] == 5 and d["mean"] == pytest.approx(5.2) and d["significant"]
+    assert d["ci95"][0] > 0
+    assert not full["human_focus_minus_scratch"]["significant"]       # identical: interval [0, 0]
+    assert not full["drop_minus_scratch"]["significant"]
+    assert full["heldout_rsp_acc_mean"] == 0.9 and full["untrained_rsp_acc_mean"] == 0.5
+    rows = ablation.table_rows(summary)
+    assert rows[1]["Δ in-dist vs scratch [95% CI]"].endswith("*")
+    # a seed without its scratch run is not paired
+    summary = ablation.summarise(runs + [{"variant": "full", "seed": 9, "top1": 99.0}], ["scratch", "full"])
+    assert summary["full"]["top1_minus_scratch"]["n"] == 5
