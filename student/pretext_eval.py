@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -227,5 +226,4 @@ def describe(fig: dict[str, Any]) -> str:
 
 
 __all__ = ["HeldoutSet", "heldout_entries", "build_heldout_set", "evaluate_pretext",
-           "rsp_accuracy", "retrieval_top1", "parsing_ious", "teacher_for_heldout", "describe", "FIGURES",
-           "Path"]
+           "rsp_accuracy", "retrieval_top1", "parsing_ious", "teacher_for_heldout", "describe", "FIGURES"]
