@@ -122,6 +122,17 @@ def _parsing(cfg: Any, student: Any, held: Sequence[tuple[Path, int]], stem: Pat
     return save_figure(fig, stem)
 
 
+def report_role(kind: str, name: str, pretrain_dataset: str, finetune_dataset: str) -> str:
+    """Which part of the report a stage feeds ("" for none). An out-of-context evaluation
+    (``evaluate`` named ``<finetune name>.<test set>``) is not the run's test point: the finetuning
+    figure marks the in-distribution test top-1."""
+    if kind == "manifest" and name != pretrain_dataset:
+        return "manifest-finetune" if name == finetune_dataset else ""
+    if kind == "evaluate" and "." in name:
+        return ""
+    return kind
+
+
 def report_for_run(work: Path, cfg: Any, stages: Sequence[Any]) -> list[Path]:
     """:func:`write_run_report` for the done stages among a run's ``stages`` (rank 0 only; never fatal:
     a picture that cannot be drawn is logged, the run's results stand)."""
@@ -133,12 +144,9 @@ def report_for_run(work: Path, cfg: Any, stages: Sequence[Any]) -> list[Path]:
     dirs: dict[str, Path] = {}
     for st in stages:
         folder = st.out_dir(work)
-        if (folder / STAGE_FILE).is_file():
-            kind = st.kind
-            if kind == "manifest" and st.name != cfg.pretrain.dataset:
-                kind = "manifest-finetune" if st.name == cfg.finetune.dataset else ""
-            if kind:
-                dirs[kind] = folder
+        role = report_role(st.kind, st.name, cfg.pretrain.dataset, cfg.finetune.dataset)
+        if role and (folder / STAGE_FILE).is_file():
+            dirs[role] = folder
     try:
         written = write_run_report(work, cfg, dirs)
     except Exception as exc:  # a report is a convenience: never turn a finished run into a failure

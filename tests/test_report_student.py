@@ -69,3 +69,21 @@ def test_load_pretrained_student_is_strict(tmp_path: Path) -> None:
     torch.save(ckpt, tmp_path / "student.pt")
     with pytest.raises(TrainingError, match="student.pt"):
         load_pretrained_student(tmp_path)
+
+
+def test_the_finetune_figure_marks_the_in_distribution_test_not_an_out_of_context_one(tmp_path: Path) -> None:
+    """The demo runs two evaluate stages (split 1 and its scene-swapped copy); the finetuning figure's test
+    point must come from the in-distribution one (a shipped bug marked the swapped set's 10.6 % there)."""
+    from pipeline.stages import StageGraph
+
+    cfg = load_config(None)
+    assert cfg.evaluate.test_sets, "the demo evaluates an out-of-context test set too"
+    roles = {}
+    graph = StageGraph(cfg, tmp_path)
+    for st in graph.run_stages():
+        role = report.report_role(st.kind, st.name, cfg.pretrain.dataset, cfg.finetune.dataset)
+        if role:
+            assert role not in roles, f"two stages feed the report's {role!r}: {roles.get(role)} and {st.key}"
+            roles[role] = st.key
+    assert roles["evaluate"] == graph.evaluate().key
+    assert roles["finetune"] == graph.finetune().key
