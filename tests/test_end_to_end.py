@@ -50,8 +50,11 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
-def _only(work: Path, kind: str) -> Path:
-    (path,) = [p for p in (work / kind).glob("*/*") if (p / "stage.json").is_file()]
+def _only(work: Path, kind: str, test_set: str = "") -> Path:
+    """The one finished folder of a stage kind; for evaluate, the in-distribution one unless ``test_set``
+    names an out-of-context set (its stage is named ``<finetune name>.<set>``)."""
+    (path,) = [p for p in (work / kind).glob("*/*") if (p / "stage.json").is_file()
+               and (p.parent.name.endswith("." + test_set) if test_set else "." not in p.parent.name)]
     return path
 
 
@@ -93,6 +96,11 @@ def test_every_stage_output(work: Path):
     assert metrics["video_top1"] == pytest.approx(top1)
     assert (ev / "confusion.csv").is_file() and (ev / "confusion.png").is_file()
 
+    # the demo's out-of-context test set: the same test videos with another class's background
+    swapped = json.loads((_only(work, "evaluate", "scene_swapped") / "metrics.json").read_text())
+    assert swapped["num_videos"] == metrics["num_videos"]
+    assert swapped["in_distribution_top1"] == pytest.approx(metrics["video_top1"])
+
     results = (work / "results.md").read_text()
     assert f"{100 * metrics['video_top1']:.1f}" in results and "hmdb51" in results
     # the synthetic test videos carry part masks: the human-focus score of the classifier's CAMs
@@ -132,7 +140,12 @@ def test_pretraining_changed_the_weights_that_finetuning_starts_from(work: Path)
 def test_second_run_does_nothing(work: Path):
     before = _outputs(work)
     out = _run(work)
-    assert "Nothing to do: all 7 stages are up to date" in out
+    from pipeline.core.config import load_config
+    from pipeline.stages import StageGraph
+
+    stages = StageGraph(load_config(overrides=TINY), work).run_stages()
+    assert len(stages) == 8  # synthetic, 2 manifests, cache, pretrain, finetune, 2 evaluates (+ the swapped set's)
+    assert f"Nothing to do: all {len(stages)} stages are up to date" in out
     assert _outputs(work) == before
 
 
