@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from data_manifests.transcode import TranscodeSpec, transcode_video  # noqa: E402
-from pipeline.completeness import container_frames, decoded_frames  # noqa: E402
+from data_manifests.video import count_frames  # noqa: E402
+from pipeline.completeness import container_frames  # noqa: E402
 from pipeline.core.fingerprint import sha256_file  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def _costs(paths: list[Path], repeats: int) -> dict[str, float]:
         p.read_bytes()
     t_hash = _per_file(sha256_file, paths, repeats)
     t_open = _per_file(container_frames, paths, repeats)
-    t_decode = _per_file(decoded_frames, paths, max(1, repeats // 2))
+    t_decode = _per_file(lambda p: count_frames(p, threads=1), paths, max(1, repeats // 2))
     return {"files": len(paths), "bytes_per_video": nbytes / len(paths), "sha256_MB_per_s": nbytes / t_hash / 1e6,
             "mark_done_s_per_video": t_open / len(paths), "verify_decode_s_per_video": t_decode / len(paths)}
 

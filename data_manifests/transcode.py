@@ -45,7 +45,7 @@ import numpy as np
 
 from data_manifests.manifest import Manifest, VideoEntry, load_manifest, load_rejected, write_manifest
 from data_manifests.frames import decode_frame, is_frame_source, iter_frames, parse_source, source_bytes
-from data_manifests.video import VideoDecodeError, open_video
+from data_manifests.video import VideoDecodeError, count_frames, open_video
 from pipeline.core.distributed import DistInfo, job_share
 from pipeline.core.errors import DiskFullError, StageError, disk_full_error, is_disk_full
 from pipeline.core.files import atomic_write_text
@@ -120,14 +120,6 @@ def _out_of_space(path: Path) -> bool:
         return False
 
 
-def _count_decoded(path: Path) -> int:
-    with open_video(path, threads=1) as cap:
-        n = 0
-        while cap.grab():
-            n += 1
-        return n
-
-
 def _open_writer(tmp: Path, frame: np.ndarray, spec: TranscodeSpec,
                  rate: float) -> tuple[cv2.VideoWriter, tuple[int, int]]:
     """The copy's writer, sized from the first frame (``output_size``: short side, aspect kept)."""
@@ -200,7 +192,7 @@ def transcode_video(src: str | Path, dst: str | Path, spec: TranscodeSpec, *, ex
         if expected_frames is not None and n != expected_frames:
             raise TranscodeError(f"{src}: {n} frames decode, the manifest says {expected_frames} (changed or "
                                  f"damaged since the manifest was built? rebuild the manifest)")
-        back = _count_decoded(tmp)
+        back = count_frames(tmp, threads=1)
         if back != n:
             raise TranscodeError(f"{tmp}: the copy decodes {back} frames, {n} were written")
         nbytes = tmp.stat().st_size

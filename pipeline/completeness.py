@@ -7,7 +7,7 @@ files, not of the attempts: every data file (video, HDF5, checkpoint) is non-emp
 opens and decodes its first frame, and every video a manifest in the folder lists is there.
 
 Videos also get a recorded frame count (the container's, cheap to read) that ``status --verify``
-compares with a full decode (:func:`decoded_frames`), beside the sha256 of every byte.
+compares with a full decode (:func:`data_manifests.video.count_frames`), beside the sha256 of every byte.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import cv2
 
-from data_manifests.video import VIDEO_EXTENSIONS, VideoDecodeError, open_video
+from data_manifests.video import VIDEO_EXTENSIONS, VideoDecodeError, count_frames, open_video
 from pipeline.core.errors import StageError
 from pipeline.core.files import atomic_write_text
 
@@ -41,15 +41,6 @@ def container_frames(path: Path) -> int:
         if not cap.grab():
             raise VideoDecodeError(path, "its first frame does not decode")
         return max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
-
-
-def decoded_frames(path: Path) -> int:
-    """Every frame decoded, in order (the ``--verify`` check: what a reader would really get)."""
-    with open_video(path, threads=1) as cap:
-        n = 0
-        while cap.grab():
-            n += 1
-        return n
 
 
 def _video_problem(folder: Path, rel: str) -> tuple[str, int | None, str | None]:
@@ -105,7 +96,7 @@ def check_outputs(folder: Path, *, workers: int | None = None) -> tuple[list[tup
 def verify_video(path: Path, entry: dict[str, Any]) -> str | None:
     """``--verify`` for one video: decode every frame and compare with the count recorded at build time."""
     try:
-        n = decoded_frames(path)
+        n = count_frames(path, threads=1)  # every frame decoded: what a reader gets
     except (OSError, VideoDecodeError, cv2.error) as exc:
         return f"not a decodable video ({str(exc).strip().splitlines()[0]})"
     want = entry.get("frames")
