@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from joblib import Parallel, delayed
 
 from pipeline.core.files import atomic_write_text
 from pipeline.core.progress import Progress
@@ -17,6 +16,7 @@ from pipeline.core.progress import Progress
 from .layouts import (PlannedVideo, plan_dataset, write_hmdb51_splits, write_kinetics_annotations,
                       write_ucf101_splits)
 from .masks import mask_path_for, save_part_masks
+from .parallel import each_video
 from .render import render_video, write_video
 from .scene_swap import SWAPPED_DIR, write_scene_swapped
 from .spec import SyntheticSpec
@@ -67,12 +67,8 @@ def generate_synthetic(out_dir: str | os.PathLike, cfg: SyntheticSpec | None = N
 
     records: list[dict[str, Any]] = []
     with Progress(len(plan), "synthetic", "video", enabled=progress) as bar:
-        if workers > 1 and len(plan) > 1:
-            results = Parallel(n_jobs=workers, return_as="generator", batch_size=4)(
-                delayed(_make_one)(str(root), pv, True) for pv in plan)
-        else:
-            results = (_make_one(str(root), pv, False) for pv in plan)
-        for rec in results:
+        in_workers = workers > 1 and len(plan) > 1  # worker processes each use one OpenCV thread
+        for rec in each_video(_make_one, [(str(root), pv, in_workers) for pv in plan], workers):
             records.append(rec)
             bar.update(1)
 

@@ -28,6 +28,7 @@ from pipeline.core.files import atomic_write_text
 
 from .actions import hmdb_name
 from .layouts import PlannedVideo, _rng, class_place, hmdb_split_flags, other_class
+from .parallel import each_video
 from .render import render_video, write_video
 from .spec import SyntheticSpec
 
@@ -97,8 +98,6 @@ def _decode_all(path: Path) -> list[Any]:
 def write_scene_swapped(root: Path, spec: SyntheticSpec, videos: Sequence[PlannedVideo], workers: int = 1,
                         progress: bool = True) -> dict[str, Any]:
     """Write the scene-swapped copies of every split's test videos and the three list files; returns counts."""
-    from joblib import Parallel, delayed
-
     from pipeline.core.progress import Progress
 
     by_split = split_test_videos(spec, videos)
@@ -106,12 +105,7 @@ def write_scene_swapped(root: Path, spec: SyntheticSpec, videos: Sequence[Planne
     (root / SWAPPED_DIR / "frames").mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     with Progress(len(todo), "scene-swapped", "video", enabled=progress) as bar:
-        if workers > 1 and len(todo) > 1:
-            results = Parallel(n_jobs=workers, return_as="generator", batch_size=4)(
-                delayed(write_swapped_video)(str(root), spec, pv) for pv in todo)
-        else:
-            results = (write_swapped_video(str(root), spec, pv) for pv in todo)
-        for vid, n in results:
+        for vid, n in each_video(write_swapped_video, [(str(root), spec, pv) for pv in todo], workers):
             counts[vid] = n
             bar.update(1)
     label = {c: i for i, c in enumerate(sorted(hmdb_name(c) for c in spec.classes))}
