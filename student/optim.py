@@ -32,6 +32,18 @@ def build_sgd(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float,
     return torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def build_adamw(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float,
+                weight_decay: float = 1e-4) -> torch.optim.AdamW:
+    """AdamW on every trainable parameter: learns the relative-speed task within the demo's few hundred
+    steps, where momentum SGD at RSPNet's rate does not (docs/results.md section 4)."""
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("build_adamw: no trainable parameters")
+    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+
+
 class CosineFactor:
     """lr multiplier at step k: cosine from 1 to ``final_ratio`` over ``total_steps``, no warm-up."""
 

@@ -40,7 +40,7 @@ from pipeline.core.runtime import (all_reduce_mean, autocast, deterministic_mode
                               stop_flag_group, wrap_ddp)
 from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, non_finite_loss,
                                    restore_rng, save_checkpoint)
-from student.optim import build_sgd, cosine_schedule, current_lr, scaled_lr
+from student.optim import build_adamw, build_sgd, cosine_schedule, current_lr, scaled_lr
 from student.pretrain_data import (PretrainClipDataset, build_pretrain_loader, clips_with_maps, shutdown_workers,
                                   steps_per_epoch)
 from student.gpu_augment import batch_clips
@@ -174,10 +174,10 @@ def _config_dict(model_cfg: ModelConfig, cfg: PretrainConfig, clips: ClipsConfig
 
 
 _RESUME_KEYS = ("model", "clips")
-_RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lambda_kd", "lambda_m",
-                             "lambda_a", "queue_size", "exclude_same_video", "moco_momentum", "temperature", "margin",
-                             "crop_area", "seed", "max_steps_per_epoch", "jitter", "jitter_p", "grayscale_p",
-                             "shared_colour")
+_RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "lambda_kd",
+                             "lambda_m", "lambda_a", "queue_size", "exclude_same_video", "moco_momentum",
+                             "temperature", "margin", "crop_area", "seed", "max_steps_per_epoch", "jitter", "jitter_p",
+                             "grayscale_p", "shared_colour")
 
 
 def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], world: int, spe: int) -> None:
@@ -331,8 +331,12 @@ def _build(model_cfg: ModelConfig, cfg: PretrainConfig, data: _Data, dist: DistI
     if cfg.init_from:
         init_from_checkpoint(pm, cfg.init_from)
     pm.to(device)
-    base_lr = scaled_lr(cfg.lr, global_batch)
-    optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        base_lr = cfg.lr
+        optimizer: torch.optim.Optimizer = build_adamw(pm.student, base_lr, cfg.weight_decay)
+    else:
+        base_lr = scaled_lr(cfg.lr, global_batch)
+        optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, data.total_steps)
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)

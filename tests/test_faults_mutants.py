@@ -176,3 +176,32 @@ def test_global_batch_counts_every_rank():
     assert net.base_lr == pytest.approx(scaled_lr(0.1, 12))
     assert net.optimizer.param_groups[0]["lr"] == pytest.approx(scaled_lr(0.1, 12))
     assert net.pm.queue.size == 48, "the queue is trimmed to a multiple of the global batch (50 -> 48)"
+
+
+# ---------------------------------------------------------------- pretrain.optimizer = "adamw"
+def test_adamw_uses_the_lr_as_given_and_decoupled_weight_decay():
+    """The demo's optimizer: AdamW over the student's parameters at pretrain.lr (no linear scaling),
+    weight_decay as AdamW's decoupled decay; "sgd" stays RSPNet's scaled momentum SGD."""
+    from pipeline.core.config import ModelConfig, PretrainConfig
+    from student.pretrain import _build
+
+    data = SimpleNamespace(label_names=["a"] * 7, dataset=list(range(100)), total_steps=10)
+    model = ModelConfig(backbone="r2plus1d", width=0.125, proj_dim=8)
+    cfg = PretrainConfig(batch_size=4, lr=0.003, weight_decay=0.05, queue_size=48, optimizer="adamw")
+    net = _build(model, cfg, data, DistInfo(rank=0, world_size=3), torch.device("cpu"))
+    assert isinstance(net.optimizer, torch.optim.AdamW)
+    assert net.base_lr == pytest.approx(0.003) and net.optimizer.param_groups[0]["lr"] == pytest.approx(0.003)
+    assert net.optimizer.param_groups[0]["weight_decay"] == 0.05
+    student_params = {id(p) for p in net.pm.student.parameters()}
+    assert {id(p) for g in net.optimizer.param_groups for p in g["params"]} == student_params
+    sgd = _build(model, PretrainConfig(batch_size=4, lr=0.1, queue_size=48), data, DistInfo(rank=0, world_size=3),
+                 torch.device("cpu"))
+    assert type(sgd.optimizer) is torch.optim.SGD
+
+
+def test_pretrain_optimizer_is_validated_at_the_edge():
+    from pipeline.core.config import load_config
+    from pipeline.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="optimizer"):
+        load_config(None, ["pretrain.optimizer=adam"])

@@ -196,9 +196,13 @@ class PretrainConfig:
         dataset: name of the [datasets.<name>] table to pretrain on.
         epochs (epochs): passes over the clip plan.
         batch_size (clips per process): query clips per step on each process.
-        lr (learning rate): SGD learning rate for a global batch of 64, scaled linearly with the global batch.
-        momentum: SGD momentum.
-        weight_decay: SGD L2 weight decay.
+        optimizer: "sgd" (RSPNet: momentum SGD, linear lr scaling) or "adamw" (AdamW, lr used as given: the
+            demo's choice, as momentum SGD does not learn the relative-speed task in a few hundred steps;
+            docs/results.md section 4).
+        lr (learning rate): SGD learning rate for a global batch of 64, scaled linearly with the global batch;
+            AdamW's learning rate as given.
+        momentum: SGD momentum (AdamW: unused).
+        weight_decay: SGD L2 weight decay; AdamW's decoupled weight decay.
         lambda_kd (weight): weight of the KD loss (paper Eq. 4).
         lambda_m (weight): weight of the RSP margin-ranking loss.
         lambda_a (weight): weight of the A-VID InfoNCE loss.
@@ -232,7 +236,8 @@ class PretrainConfig:
     dataset: str = _opt("kinetics400")
     epochs: int = _opt(200, min=1)
     batch_size: int = _opt(32, min=2)  # per process
-    lr: float = _opt(0.1, min=0.0)  # for a global batch of 64; scaled linearly
+    optimizer: str = _opt("sgd", choices=("sgd", "adamw"))
+    lr: float = _opt(0.1, min=0.0)  # SGD: for a global batch of 64, scaled linearly; AdamW: as given
     momentum: float = _opt(0.9, min=0.0, max=1.0)
     weight_decay: float = _opt(1e-4, min=0.0)
     lambda_kd: float = _opt(1.0, min=0.0)
