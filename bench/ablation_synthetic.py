@@ -311,7 +311,14 @@ def main() -> None:
                     "[_quick].json)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data, 2 pretraining steps, 2 seeds, "
                     "scratch and full")
+    ap.add_argument("--redraw", type=Path, default=None, metavar="JSON",
+                    help="only draw the figure of a finished result JSON (next to it, same stem)")
     args = ap.parse_args()
+    if args.redraw is not None:
+        result = json.loads(args.redraw.read_text())["figures"]
+        written = draw(result["runs"], args.redraw.with_suffix(""), result.get("chance_top1"))
+        print(f"wrote {', '.join(map(str, written))}")
+        return
     seeds = args.seeds[:2] if args.quick else args.seeds
     if args.quick and args.variants == list(VARIANTS):
         args.variants = QUICK_VARIANTS
@@ -378,6 +385,8 @@ def main() -> None:
         list(pool.map(one, jobs))
     runs.sort(key=lambda r: (r["seed"], args.variants.index(r["variant"])))
     write(complete=True)
+    chance = round(100.0 / len(load_classes(work, base)), 2) if load_classes(work, base) else None
+    print(f"figure: {', '.join(map(str, draw(runs, out.with_suffix(''), chance)))}")
     if not args.quick and {"wo_kd", "full"} <= set(args.variants):
         cams = cam_figure(work, base, seeds[0], RESULTS / "ablation_cams.png")
         if cams:
@@ -393,6 +402,20 @@ def main() -> None:
                 title="paired differences to scratch (same seed): mean [95 % t-interval], * = excludes 0")
     print_table(rows, ["variant"] + [c for c in rows[0] if c.startswith("held-out")] if rows else None,
                 title="held-out pretext figures (student/pretext_eval.py), trained (untrained network)")
+
+
+def draw(runs: list[dict], out_stem: Path, chance_top1: float | None) -> list[Path]:
+    """Bars (mean over seeds, 95 % t-interval, one dot per seed) of both test sets' top-1, the drop and
+    human focus, per variant: ``out_stem``.png / .svg."""
+    from pipeline.figures import ablation_figure
+
+    rows = [{**r, "human_focus_pct": None if r.get("human_focus") is None else 100 * r["human_focus"]} for r in runs]
+    rows = [{k: v for k, v in r.items() if v is not None} for r in rows]
+    chance = {"top1": chance_top1, "top1_swapped": chance_top1} if chance_top1 else {}
+    return ablation_figure(rows, out_stem, metrics=("top1", "top1_swapped", "drop", "human_focus_pct"),
+                           labels=LABELS, chance=chance,
+                           ylabels={"top1": "top-1 in-distribution (%)", "top1_swapped": "top-1 scene-swapped (%)",
+                                    "drop": "drop (points)", "human_focus_pct": "CAM mass on the person (%)"})
 
 
 def load_classes(work: Path, base: list[str]) -> list[str]:

@@ -268,7 +268,7 @@ def ablation_figure(rows: Iterable[Mapping[str, Any]], out_stem: Path | str, *, 
         _ablation_panel(ax, rows, variants, metric, labels)
         if metric in chance:
             ax.axhline(chance[metric], color="0.3", ls="--", lw=0.9, label=f"chance ({chance[metric]:.3g})")
-            ax.legend(frameon=False, loc="upper left")
+            ax.legend(frameon=False, loc="best")
         ax.set_ylabel(ylabels.get(metric, metric))
         ax.set_title(f"{metric}: mean over seeds, 95% interval")
     return save_figure(fig, Path(out_stem))
