@@ -236,7 +236,6 @@ def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict]:
     """Per variant: mean ± sample std over seeds of every figure, and for each of :data:`PAIRED` the
     paired difference to ``scratch`` (same seed, same test videos) with its 95 % t-interval."""
     summary: dict[str, dict] = {}
-    scratch = {r["seed"]: r for r in runs if r["variant"] == "scratch"}
     keys = ("top1", "top5", "top1_swapped", "drop", "human_focus", "batch_acc_rsp", "batch_acc_avid",
             *[p + k for p in ("heldout_", "untrained_") for k in HELDOUT])
     for name in variants:
@@ -251,16 +250,24 @@ def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict]:
                 entry[f"{key}_mean"], entry[f"{key}_std"] = round(m, 4), round(sd, 4)
         if name != "scratch":
             for key in PAIRED:
-                diffs = [r[key] - scratch[r["seed"]][key] for r in rows
-                         if r["seed"] in scratch and r.get(key) is not None and scratch[r["seed"]].get(key) is not None]
-                ci = t_interval(diffs)
-                if diffs:
-                    entry[f"{key}_minus_scratch"] = {
-                        "n": len(diffs), "mean": round(statistics.fmean(diffs), 3),
-                        "ci95": [round(ci[1], 3), round(ci[2], 3)] if ci else None,
-                        "significant": bool(ci and (ci[1] > 0 or ci[2] < 0))}
+                d = paired(runs, name, "scratch", key)
+                if d:
+                    entry[f"{key}_minus_scratch"] = d
         summary[name] = entry
     return summary
+
+
+def paired(runs: list[dict], a: str, b: str, key: str) -> dict | None:
+    """``a − b`` per seed (both variants run with that seed) for ``key``: n, mean, 95 % t-interval."""
+    by_seed = {r["seed"]: r for r in runs if r["variant"] == b and r.get(key) is not None}
+    diffs = [r[key] - by_seed[r["seed"]][key] for r in runs
+             if r["variant"] == a and r["seed"] in by_seed and r.get(key) is not None]
+    if not diffs:
+        return None
+    ci = t_interval(diffs)
+    return {"n": len(diffs), "mean": round(statistics.fmean(diffs), 3),
+            "ci95": [round(ci[1], 3), round(ci[2], 3)] if ci else None,
+            "significant": bool(ci and (ci[1] > 0 or ci[2] < 0))}
 
 
 def _paired(s: dict, key: str, scale: float = 1.0) -> str:
@@ -312,11 +319,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data, 2 pretraining steps, 2 seeds, "
                     "scratch and full")
     ap.add_argument("--redraw", type=Path, default=None, metavar="JSON",
-                    help="only draw the figure of a finished result JSON (next to it, same stem)")
+                    help="only print the tables and draw the figure of a result JSON (figure next to it, same stem)")
     args = ap.parse_args()
     if args.redraw is not None:
         result = json.loads(args.redraw.read_text())["figures"]
-        written = draw(result["runs"], args.redraw.with_suffix(""), result.get("chance_top1"))
+        runs, chance = result["runs"], result.get("chance_top1")
+        variants = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
+        print_tables(runs, variants, round(100 / chance) if chance else 1, sorted({r["seed"] for r in runs}))
+        written = draw(runs, args.redraw.with_suffix(""), chance)
         print(f"wrote {', '.join(map(str, written))}")
         return
     seeds = args.seeds[:2] if args.quick else args.seeds
@@ -391,8 +401,12 @@ def main() -> None:
         cams = cam_figure(work, base, seeds[0], RESULTS / "ablation_cams.png")
         if cams:
             print(f"CAMs of w/o KD and full side by side: {cams}")
-    n_cls = len(load_classes(work, base)) or 1
-    rows = table_rows(summarise(runs, args.variants))
+    print_tables(runs, args.variants, len(load_classes(work, base)) or 1, seeds)
+
+def print_tables(runs: list[dict], variants: list[str], n_cls: int, seeds: list[int]) -> None:
+    """The three tables (both test sets, paired differences to scratch, held-out pretext figures), then
+    full − w/o KD (the human prior's own effect) when both ran."""
+    rows = table_rows(summarise(runs, variants))
     first = ["variant", "n", "top-1 in-dist", "top-1 swapped", "drop", "focus %"]
     title = (f"video-level top-1 (%) on the synthetic HMDB51-style split 1 ({runs[0]['videos'] if runs else 0} test "
              f"videos, {n_cls} classes: chance {100 / n_cls:.0f}) and on its scene-swapped copy; mean ± std over "
@@ -402,6 +416,12 @@ def main() -> None:
                 title="paired differences to scratch (same seed): mean [95 % t-interval], * = excludes 0")
     print_table(rows, ["variant"] + [c for c in rows[0] if c.startswith("held-out")] if rows else None,
                 title="held-out pretext figures (student/pretext_eval.py), trained (untrained network)")
+    if {"full", "wo_kd"} <= set(variants):
+        out = {"comparison": "full − w/o KD"}
+        for key, label, scale in (("top1", "Δ in-dist", 1.0), ("top1_swapped", "Δ swapped", 1.0),
+                                  ("drop", "Δ drop", 1.0), ("human_focus", "Δ focus %", 100.0)):
+            out[f"{label} [95% CI]"] = _paired({"x_minus_scratch": paired(runs, "full", "wo_kd", key)}, "x", scale)
+        print_table([out], title="the human prior's own effect, paired by seed: mean [95 % t-interval], * = excludes 0")
 
 
 def draw(runs: list[dict], out_stem: Path, chance_top1: float | None) -> list[Path]:

@@ -47,3 +47,17 @@ def test_summary_pairs_by_seed_and_flags_significance(ablation) -> None:
     # a seed without its scratch run is not paired
     summary = ablation.summarise(runs + [{"variant": "full", "seed": 9, "top1": 99.0}], ["scratch", "full"])
     assert summary["full"]["top1_minus_scratch"]["n"] == 5
+
+
+def test_paired_compares_any_two_variants_by_seed_only(ablation) -> None:
+    """full − w/o KD: seeds missing from either side are left out; a one-seed difference has no interval."""
+    runs = [{"variant": "wo_kd", "seed": 0, "top1": 50.0}, {"variant": "wo_kd", "seed": 1, "top1": 40.0},
+            {"variant": "full", "seed": 0, "top1": 60.0}, {"variant": "full", "seed": 1, "top1": 52.0},
+            {"variant": "full", "seed": 2, "top1": 99.0}, {"variant": "wo_kd", "seed": 3, "top1": 0.0}]
+    d = ablation.paired(runs, "full", "wo_kd", "top1")
+    assert d["n"] == 2 and d["mean"] == pytest.approx(11.0)
+    # differences 10 and 12: sd sqrt(2), t_{0.975,1} = 12.706: half-width 12.706 * 1.4142 / sqrt(2) = 12.706
+    assert d["ci95"] == pytest.approx([11.0 - 12.706, 11.0 + 12.706], abs=1e-3) and not d["significant"]
+    one = ablation.paired(runs[:3], "full", "wo_kd", "top1")
+    assert one["n"] == 1 and one["mean"] == pytest.approx(10.0) and one["ci95"] is None and not one["significant"]
+    assert ablation.paired(runs, "full", "scratch", "top1") is None
