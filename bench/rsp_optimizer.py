@@ -35,6 +35,7 @@ from pipeline.core.distributed import DistInfo  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
 from student.gpu_augment import batch_clips  # noqa: E402
 from student.losses import rsp_loss  # noqa: E402
+from student.optim import build_adamw, build_sgd  # noqa: E402
 from student.pretext_eval import build_heldout_set, evaluate_pretext, heldout_entries  # noqa: E402
 from student.pretrain import _load_data, build_pretrain_model, seed_all  # noqa: E402
 
@@ -46,9 +47,8 @@ def train_rsp(data, cfg, hs, keys: str, optimizer: str, lr: float, steps: int, e
     """RSP-only training from the seed's initialisation; held-out RSP at step 0 and every ``every`` steps."""
     seed_all(cfg.pretrain.seed)
     pm = build_pretrain_model(cfg.model, cfg.pretrain, len(data.label_names), cfg.pretrain.batch_size)
-    params = list(pm.student.parameters())
-    opt = (torch.optim.AdamW(params, lr, weight_decay=cfg.pretrain.weight_decay) if optimizer == "adamw" else
-           torch.optim.SGD(params, lr, momentum=cfg.pretrain.momentum, weight_decay=cfg.pretrain.weight_decay))
+    opt = (build_adamw(pm.student, lr, cfg.pretrain.weight_decay) if optimizer == "adamw" else
+           build_sgd(pm.student, lr, cfg.pretrain.momentum, cfg.pretrain.weight_decay))
     curve = [{"step": 0, "heldout_rsp": evaluate_pretext(pm.student, hs)["rsp_acc"], "train_acc": None}]
     batches = itertools.chain.from_iterable(iter(data.loader) for _ in range(10 ** 6))
     accs: list[float] = []

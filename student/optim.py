@@ -21,27 +21,27 @@ def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = REFERENC
     return base_lr * global_batch / reference_batch
 
 
-def build_sgd(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float, momentum: float = 0.9,
-              weight_decay: float = 1e-4) -> torch.optim.SGD:
-    """SGD with momentum and weight decay on every trainable parameter (as RSPNet/MoCo)."""
+def _trainable(params: Iterable[torch.nn.Parameter] | torch.nn.Module, who: str) -> list[torch.nn.Parameter]:
+    """The parameters (of a module, or given) that require gradients; refuses none."""
     if isinstance(params, torch.nn.Module):
         params = params.parameters()
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
-        raise ValueError("build_sgd: no trainable parameters")
-    return torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        raise ValueError(f"{who}: no trainable parameters")
+    return trainable
+
+
+def build_sgd(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float, momentum: float = 0.9,
+              weight_decay: float = 1e-4) -> torch.optim.SGD:
+    """SGD with momentum and weight decay on every trainable parameter (as RSPNet/MoCo)."""
+    return torch.optim.SGD(_trainable(params, "build_sgd"), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def build_adamw(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float,
                 weight_decay: float = 1e-4) -> torch.optim.AdamW:
     """AdamW on every trainable parameter: learns the relative-speed task within the demo's few hundred
     steps, where momentum SGD at RSPNet's rate does not (docs/results.md section 4)."""
-    if isinstance(params, torch.nn.Module):
-        params = params.parameters()
-    trainable = [p for p in params if p.requires_grad]
-    if not trainable:
-        raise ValueError("build_adamw: no trainable parameters")
-    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(_trainable(params, "build_adamw"), lr=lr, weight_decay=weight_decay)
 
 
 class CosineFactor:
