@@ -270,8 +270,8 @@ def paired(runs: list[dict], a: str, b: str, key: str) -> dict | None:
             "significant": bool(ci and (ci[1] > 0 or ci[2] < 0))}
 
 
-def _paired(s: dict, key: str, scale: float = 1.0) -> str:
-    d = s.get(f"{key}_minus_scratch")
+def fmt_paired(d: dict | None, scale: float = 1.0) -> str:
+    """A :func:`paired` result as "mean [lo, hi]" (``*`` when the interval excludes 0); "" without one."""
     if not d:
         return ""
     if not d["ci95"]:
@@ -293,10 +293,10 @@ def table_rows(summary: dict[str, dict]) -> list[dict]:
     return [{"variant": LABELS[name], "n": s["n"], "top-1 in-dist": ms(s, "top1"),
              "top-1 swapped": ms(s, "top1_swapped"), "drop": ms(s, "drop"),
              "focus %": ms(s, "human_focus", 100.0),
-             "Δ in-dist vs scratch [95% CI]": _paired(s, "top1"),
-             "Δ swapped vs scratch [95% CI]": _paired(s, "top1_swapped"),
-             "Δ drop vs scratch [95% CI]": _paired(s, "drop"),
-             "Δ focus % vs scratch [95% CI]": _paired(s, "human_focus", 100.0),
+             "Δ in-dist vs scratch [95% CI]": fmt_paired(s.get("top1_minus_scratch")),
+             "Δ swapped vs scratch [95% CI]": fmt_paired(s.get("top1_swapped_minus_scratch")),
+             "Δ drop vs scratch [95% CI]": fmt_paired(s.get("drop_minus_scratch")),
+             "Δ focus % vs scratch [95% CI]": fmt_paired(s.get("human_focus_minus_scratch"), 100.0),
              "held-out RSP": pretext(s, "rsp_acc"), "held-out A-VID top-1": pretext(s, "avid_top1"),
              "held-out KD person IoU": pretext(s, "kd_person_iou"),
              "held-out KD part mIoU": pretext(s, "kd_part_miou")}
@@ -325,7 +325,7 @@ def main() -> None:
         result = json.loads(args.redraw.read_text())["figures"]
         runs, chance = result["runs"], result.get("chance_top1")
         variants = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
-        print_tables(runs, variants, round(100 / chance) if chance else 1, sorted({r["seed"] for r in runs}))
+        print_tables(runs, variants, result.get("classes") or 1, sorted({r["seed"] for r in runs}))
         written = draw(runs, args.redraw.with_suffix(""), chance)
         print(f"wrote {', '.join(map(str, written))}")
         return
@@ -395,13 +395,14 @@ def main() -> None:
         list(pool.map(one, jobs))
     runs.sort(key=lambda r: (r["seed"], args.variants.index(r["variant"])))
     write(complete=True)
-    chance = round(100.0 / len(load_classes(work, base)), 2) if load_classes(work, base) else None
+    n_cls = len(load_classes(work, base))
+    chance = round(100.0 / n_cls, 2) if n_cls else None
     print(f"figure: {', '.join(map(str, draw(runs, out.with_suffix(''), chance)))}")
     if not args.quick and {"wo_kd", "full"} <= set(args.variants):
         cams = cam_figure(work, base, seeds[0], RESULTS / "ablation_cams.png")
         if cams:
             print(f"CAMs of w/o KD and full side by side: {cams}")
-    print_tables(runs, args.variants, len(load_classes(work, base)) or 1, seeds)
+    print_tables(runs, args.variants, n_cls or 1, seeds)
 
 def print_tables(runs: list[dict], variants: list[str], n_cls: int, seeds: list[int]) -> None:
     """The three tables (both test sets, paired differences to scratch, held-out pretext figures), then
@@ -420,7 +421,7 @@ def print_tables(runs: list[dict], variants: list[str], n_cls: int, seeds: list[
         out = {"comparison": "full − w/o KD"}
         for key, label, scale in (("top1", "Δ in-dist", 1.0), ("top1_swapped", "Δ swapped", 1.0),
                                   ("drop", "Δ drop", 1.0), ("human_focus", "Δ focus %", 100.0)):
-            out[f"{label} [95% CI]"] = _paired({"x_minus_scratch": paired(runs, "full", "wo_kd", key)}, "x", scale)
+            out[f"{label} [95% CI]"] = fmt_paired(paired(runs, "full", "wo_kd", key), scale)
         print_table([out], title="the human prior's own effect, paired by seed: mean [95 % t-interval], * = excludes 0")
 
 
