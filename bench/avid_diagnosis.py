@@ -41,7 +41,8 @@ from common import Bench, print_table  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.core.distributed import DistInfo  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
-from student.gpu_augment import batch_clips  # noqa: E402
+from student.gpu_augment import batch_clips, colour_batch  # noqa: E402
+from student.losses import avid_loss, kd_loss, rsp_loss  # noqa: E402
 from student.optim import build_adamw, build_sgd  # noqa: E402
 from student.artifacts import load_pretrained_student, model_config_from, pretrained_student  # noqa: E402
 from student.pretext_eval import (HeldoutSet, _forward, build_heldout_set, evaluate_pretext, heldout_entries,  # noqa: E402
@@ -94,6 +95,31 @@ def heldout(cfg: Any, data: Any) -> HeldoutSet:
                              input_size=cfg.model.input_size, crop_area=cfg.pretrain.crop_area)
 
 
+def own_key_step(pm: Any, batch: dict, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """PretrainModel.forward with A-VID on its OWN key: the positive key's frames and crop with the colour draw
+    of another item of the batch (independent of this item's query), through the key encoder; RSP keeps
+    the shared-colour keys. The A-VID key joins the queue. (Setting ``bench.avid_key=own``.)"""
+    cpu = torch.device("cpu")
+    q, kp, kn = batch_clips(batch, cpu, "gpu")
+    ka_clip = colour_batch(batch["key_pos"], batch["query_colour"].roll(1, dims=0))
+    ids = batch["video_index"]
+    out = pm.student(q)
+    s = pm.student
+    pm.key_encoder.update(s.f_l, s.h_c, s.g_m, s.g_a, pm.momentum)
+    kp_m, _ = pm._keys(kp)
+    kn_m, _ = pm._keys(kn)
+    _, ka_a = pm._keys(ka_clip)
+    queue, queue_ids = pm.queue.snapshot()
+    loss_kd = kd_loss(out["parse_logits"], target) if pm.kd and target is not None else torch.zeros(())
+    rsp = rsp_loss(out["emb_m"], kp_m, kn_m, pm.tau, pm.margin)
+    avid = avid_loss(out["emb_a"], ka_a, ka_a, queue, pm.tau, query_ids=ids, queue_ids=queue_ids)
+    with torch.no_grad():
+        pm.queue.enqueue(ka_a.float(), ids)
+    loss = pm.lambda_kd * loss_kd + pm.lambda_m * rsp.loss + pm.lambda_a * avid.loss
+    return dict(loss=loss, loss_kd=loss_kd.detach(), loss_rsp=rsp.loss.detach(), loss_avid=avid.loss.detach(),
+                acc_rsp=rsp.acc, acc_avid_pos=avid.acc_pos, acc_avid_neg=avid.acc_neg)
+
+
 def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | None) -> None:
     """Finished pretraining outputs: each student beside the untrained network of its seed."""
     cfg, data = load(work, ["pretrain.workers=0"])
@@ -127,6 +153,10 @@ def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | N
 
 def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict[str, HeldoutSet]) -> list[dict]:
     """One setting: train ``steps`` steps (constant lr), measuring at step 0 and every ``every`` steps."""
+    own_key = "bench.avid_key=own" in overrides
+    overrides = [o for o in overrides if not o.startswith("bench.")]
+    if own_key:
+        overrides.append("pretrain.augment_device=gpu")  # uint8 clips + colour draws: the key is re-coloured here
     cfg, data = load(work, overrides)
     hs = hs_cache.setdefault("hs", heldout(cfg, data))
     p = cfg.pretrain
@@ -149,9 +179,12 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
     pm.train()
     for step in range(1, steps + 1):
         batch = next(batches)
-        q, kp, kn = batch_clips(batch, torch.device("cpu"), p.augment_device)
         target = batch["target"] if pm.kd else None
-        out = pm(q, kp, kn, target, batch["video_index"])
+        if own_key:
+            out = own_key_step(pm, batch, target)
+        else:
+            q, kp, kn = batch_clips(batch, torch.device("cpu"), p.augment_device)
+            out = pm(q, kp, kn, target, batch["video_index"])
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
