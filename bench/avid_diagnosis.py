@@ -15,7 +15,10 @@ teacher-cache``), once per setting, and measures every ``--every`` steps:
 ``--pretrained DIR ...`` measures finished pretraining outputs instead (each ``student.pt`` loaded whole;
 e.g. the ablation's ``WORK/default/pretrain/kinetics400/*``) beside the untrained network of each seed.
 
-A setting is ``name=key=value,key=value`` (config overrides on top of the demo's, ``pretrain.*``/``model.*``).
+A setting is ``name=key=value,key=value`` (config overrides on top of the demo's, ``pretrain.*``/``model.*``),
+plus two prototypes that are not pipeline options: ``bench.avid_key=own`` (A-VID on its own key with an
+independent colour draw, RSP on the shared-colour keys) and ``bench.avid_head_lr=LR`` (AdamW with the A-VID
+head g_a at its own learning rate).
 
     python -m pipeline.cli --work-dir /tmp/w teacher-cache --build-upstream
     python bench/avid_diagnosis.py --work /tmp/w        # the default settings, 150 steps each
@@ -154,6 +157,7 @@ def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | N
 def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict[str, HeldoutSet]) -> list[dict]:
     """One setting: train ``steps`` steps (constant lr), measuring at step 0 and every ``every`` steps."""
     own_key = "bench.avid_key=own" in overrides
+    head_lr = next((float(o.split("=", 1)[1]) for o in overrides if o.startswith("bench.avid_head_lr=")), None)
     overrides = [o for o in overrides if not o.startswith("bench.")]
     if own_key:
         overrides.append("pretrain.augment_device=gpu")  # uint8 clips + colour draws: the key is re-coloured here
@@ -162,8 +166,15 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
     p = cfg.pretrain
     seed_all(p.seed)
     pm = build_pretrain_model(cfg.model, p, len(data.label_names), p.batch_size)
-    opt = (build_adamw(pm.student, p.lr, p.weight_decay) if p.optimizer == "adamw" else
-           build_sgd(pm.student, p.lr, p.momentum, p.weight_decay))
+    if head_lr is not None:  # AdamW with the A-VID head g_a at its own rate (setting bench.avid_head_lr=...)
+        head = [q for q in pm.student.g_a.parameters() if q.requires_grad]
+        ids = {id(q) for q in head}
+        rest = [q for q in pm.student.parameters() if q.requires_grad and id(q) not in ids]
+        groups: list[dict[str, Any]] = [{"params": rest}, {"params": head, "lr": head_lr}]
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
+    else:
+        opt = (build_adamw(pm.student, p.lr, p.weight_decay) if p.optimizer == "adamw" else
+               build_sgd(pm.student, p.lr, p.momentum, p.weight_decay))
 
     def measure(step: int, window: list[dict]) -> dict:
         row: dict = {"step": step, **avid_figures(pm.student, hs)}
