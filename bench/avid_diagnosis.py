@@ -17,8 +17,8 @@ e.g. the ablation's ``WORK/default/pretrain/kinetics400/*``) beside the untraine
 
 A setting is ``name=key=value,key=value`` (config overrides on top of the demo's, ``pretrain.*``/``model.*``),
 plus two prototypes that are not pipeline options: ``bench.avid_key=own`` (A-VID on its own key with an
-independent colour draw, RSP on the shared-colour keys) and ``bench.avid_head_lr=LR`` (AdamW with the A-VID
-head g_a at its own learning rate).
+independent colour draw, RSP on the shared-colour keys), ``bench.avid_head_lr=LR`` (AdamW with the A-VID
+head g_a at its own learning rate) and ``bench.contrastive_lr=LR`` (the same for h_c, g_m and g_a).
 
     python -m pipeline.cli --work-dir /tmp/w teacher-cache --build-upstream
     python bench/avid_diagnosis.py --work /tmp/w        # the default settings, 150 steps each
@@ -157,7 +157,9 @@ def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | N
 def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict[str, HeldoutSet]) -> list[dict]:
     """One setting: train ``steps`` steps (constant lr), measuring at step 0 and every ``every`` steps."""
     own_key = "bench.avid_key=own" in overrides
-    head_lr = next((float(o.split("=", 1)[1]) for o in overrides if o.startswith("bench.avid_head_lr=")), None)
+    head_lr = next((float(o.split("=", 1)[1]) for o in overrides
+                    if o.startswith(("bench.avid_head_lr=", "bench.contrastive_lr="))), None)
+    branch = any(o.startswith("bench.contrastive_lr=") for o in overrides)
     overrides = [o for o in overrides if not o.startswith("bench.")]
     if own_key:
         overrides.append("pretrain.augment_device=gpu")  # uint8 clips + colour draws: the key is re-coloured here
@@ -166,8 +168,10 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
     p = cfg.pretrain
     seed_all(p.seed)
     pm = build_pretrain_model(cfg.model, p, len(data.label_names), p.batch_size)
-    if head_lr is not None:  # AdamW with the A-VID head g_a at its own rate (setting bench.avid_head_lr=...)
-        head = [q for q in pm.student.g_a.parameters() if q.requires_grad]
+    if head_lr is not None:  # AdamW with the A-VID head g_a (bench.avid_head_lr) or the whole contrastive
+        # branch h_c, g_m, g_a (bench.contrastive_lr) at its own rate
+        parts = [pm.student.g_a] if not branch else [pm.student.h_c, pm.student.g_m, pm.student.g_a]
+        head = [q for m in parts for q in m.parameters() if q.requires_grad]
         ids = {id(q) for q in head}
         rest = [q for q in pm.student.parameters() if q.requires_grad and id(q) not in ids]
         groups: list[dict[str, Any]] = [{"params": rest}, {"params": head, "lr": head_lr}]
