@@ -80,6 +80,9 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 FULL_AGAINST = (("kd_only", "the contrastive tasks (RSP + A-VID)"), ("wo_kd", "the human prior (KD)"),
                 ("ti", "task-dependent high-level encoders"))
 PAIRED = ("top1", "top1_swapped", "drop", "human_focus")  # differences to scratch, per seed
+# how each paired difference is printed: (key, column label, scale)
+PAIRED_COLUMNS = (("top1", "Δ in-dist", 1.0), ("top1_swapped", "Δ swapped", 1.0), ("drop", "Δ drop", 1.0),
+                  ("human_focus", "Δ focus %", 100.0))
 
 
 def stage_seconds(work: Path, overrides: list[str]) -> dict[str, float | None]:
@@ -296,10 +299,8 @@ def table_rows(summary: dict[str, dict]) -> list[dict]:
     return [{"variant": LABELS[name], "n": s["n"], "top-1 in-dist": ms(s, "top1"),
              "top-1 swapped": ms(s, "top1_swapped"), "drop": ms(s, "drop"),
              "focus %": ms(s, "human_focus", 100.0),
-             "Δ in-dist vs scratch [95% CI]": fmt_paired(s.get("top1_minus_scratch")),
-             "Δ swapped vs scratch [95% CI]": fmt_paired(s.get("top1_swapped_minus_scratch")),
-             "Δ drop vs scratch [95% CI]": fmt_paired(s.get("drop_minus_scratch")),
-             "Δ focus % vs scratch [95% CI]": fmt_paired(s.get("human_focus_minus_scratch"), 100.0),
+             **{f"{label} vs scratch [95% CI]": fmt_paired(s.get(f"{key}_minus_scratch"), scale)
+                for key, label, scale in PAIRED_COLUMNS},
              "held-out RSP": pretext(s, "rsp_acc"), "held-out A-VID top-1": pretext(s, "avid_top1"),
              "held-out KD person IoU": pretext(s, "kd_person_iou"),
              "held-out KD part mIoU": pretext(s, "kd_part_miou")}
@@ -407,6 +408,7 @@ def main() -> None:
             print(f"CAMs of w/o KD and full side by side: {cams}")
     print_tables(runs, args.variants, n_cls or 1, seeds)
 
+
 def print_tables(runs: list[dict], variants: list[str], n_cls: int, seeds: list[int]) -> None:
     """The three tables (both test sets, paired differences to scratch, held-out pretext figures), then
     full against each other pretrained variant that ran (``FULL_AGAINST``)."""
@@ -424,8 +426,7 @@ def print_tables(runs: list[dict], variants: list[str], n_cls: int, seeds: list[
     for other, meaning in FULL_AGAINST:
         if {"full", other} <= set(variants):
             out = {"comparison": f"full − {LABELS[other]}", "what it isolates": meaning}
-            for key, label, scale in (("top1", "Δ in-dist", 1.0), ("top1_swapped", "Δ swapped", 1.0),
-                                      ("drop", "Δ drop", 1.0), ("human_focus", "Δ focus %", 100.0)):
+            for key, label, scale in PAIRED_COLUMNS:
                 out[f"{label} [95% CI]"] = fmt_paired(paired(runs, "full", other, key), scale)
             rows_full.append(out)
     print_table(rows_full, title="full against each other pretrained variant, paired by seed: mean [95 % t-interval], "

@@ -32,25 +32,22 @@ import itertools
 import sys
 import time
 import tomllib
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Bench, print_table  # noqa: E402
+from pretrain_setup import heldout_set, load_pretrain_data  # noqa: E402
 
-from pipeline.core.config import load_config  # noqa: E402
-from pipeline.core.distributed import DistInfo  # noqa: E402
-from pipeline.stages import StageGraph  # noqa: E402
+from student.artifacts import load_pretrained_student, model_config_from, pretrained_student  # noqa: E402
 from student.gpu_augment import batch_clips, colour_batch  # noqa: E402
 from student.losses import avid_loss, kd_loss, rsp_loss  # noqa: E402
 from student.optim import build_adamw, build_sgd  # noqa: E402
-from student.artifacts import load_pretrained_student, model_config_from, pretrained_student  # noqa: E402
-from student.pretext_eval import (HeldoutSet, _forward, build_heldout_set, evaluate_pretext, heldout_entries,  # noqa: E402
-                                  retrieval_top1)
-from student.pretrain import _load_data, build_pretrain_model, seed_all  # noqa: E402
+from student.pretext_eval import HeldoutSet, _forward, evaluate_pretext, retrieval_top1  # noqa: E402
+from student.pretrain import build_pretrain_model, seed_all  # noqa: E402
 
 DEFAULT_SETTINGS = [
     "demo=",
@@ -63,7 +60,9 @@ DEFAULT_SETTINGS = [
 
 def avid_figures(student: torch.nn.Module, hs: HeldoutSet) -> dict[str, float]:
     """Held-out RSP and A-VID (RSPNet colour jitter, as in metrics.jsonl), A-VID without colour jitter, and
-    the A-VID embeddings' spread (mean pairwise cosine of the queries; 1 = collapsed). Restores train mode."""
+    the A-VID embeddings' spread (mean pairwise cosine of the queries; 1 = collapsed). Restores train mode.
+    (The colour-free query and key clips also run inside ``evaluate_pretext``, which returns figures only:
+    two extra forwards of the held-out clips per measurement, outside the training steps.)"""
     fig = evaluate_pretext(student, hs)
     was_training = student.training
     student.eval()
@@ -77,25 +76,6 @@ def avid_figures(student: torch.nn.Module, hs: HeldoutSet) -> dict[str, float]:
     return {"heldout_rsp": float(fig["rsp_acc"] or 0.0), "heldout_avid": float(fig["avid_top1"] or 0.0),
             "heldout_avid_nocolour": round(retrieval_top1(q, k), 4),
             "avid_spread": round(float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))), 4)}
-
-
-def load(work: Path, overrides: list[str]) -> tuple[Any, Any]:
-    """The config and the pretraining data of a built work directory."""
-    cfg = load_config(overrides=overrides)
-    graph = StageGraph(cfg, work)
-    manifest_dir = graph.manifest(cfg.pretrain.dataset).out_dir(work)
-    cache_dir = graph.teacher_cache().out_dir(work)
-    for d in (manifest_dir, cache_dir):
-        if not (d / "stage.json").exists():
-            raise SystemExit(f"{d} is not built: run `pipeline --work-dir {work} teacher-cache --build-upstream`")
-    return cfg, _load_data(manifest_dir, cache_dir, cfg.model, cfg.pretrain, cfg.clips, DistInfo(),
-                           torch.device("cpu"))
-
-
-def heldout(cfg: Any, data: Any) -> HeldoutSet:
-    entries = heldout_entries(data.manifest, cfg.clips.splits, cfg.pretrain.heldout_videos)
-    return build_heldout_set(data.manifest, entries, clip_len=cfg.clips.clip_len, speeds=cfg.clips.speeds,
-                             input_size=cfg.model.input_size, crop_area=cfg.pretrain.crop_area)
 
 
 def own_key_step(pm: Any, batch: dict, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -125,8 +105,8 @@ def own_key_step(pm: Any, batch: dict, target: torch.Tensor | None) -> dict[str,
 
 def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | None) -> None:
     """Finished pretraining outputs: each student beside the untrained network of its seed."""
-    cfg, data = load(work, ["pretrain.workers=0"])
-    hs = heldout(cfg, data)
+    cfg, data = load_pretrain_data(work, ["pretrain.workers=0"])
+    hs = heldout_set(cfg, data)
     figures: dict[str, dict] = {}
     rows: list[dict] = []
     for d in dirs:
@@ -157,24 +137,26 @@ def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | N
 def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict[str, HeldoutSet]) -> list[dict]:
     """One setting: train ``steps`` steps (constant lr), measuring at step 0 and every ``every`` steps."""
     own_key = "bench.avid_key=own" in overrides
-    head_lr = next((float(o.split("=", 1)[1]) for o in overrides
+    slow_lr = next((float(o.split("=", 1)[1]) for o in overrides
                     if o.startswith(("bench.avid_head_lr=", "bench.contrastive_lr="))), None)
     branch = any(o.startswith("bench.contrastive_lr=") for o in overrides)
     overrides = [o for o in overrides if not o.startswith("bench.")]
     if own_key:
         overrides.append("pretrain.augment_device=gpu")  # uint8 clips + colour draws: the key is re-coloured here
-    cfg, data = load(work, overrides)
-    hs = hs_cache.setdefault("hs", heldout(cfg, data))
+    cfg, data = load_pretrain_data(work, overrides)
+    if "hs" not in hs_cache:  # the held-out videos are the same for every setting: decoded once
+        hs_cache["hs"] = heldout_set(cfg, data)
+    hs = hs_cache["hs"]
     p = cfg.pretrain
     seed_all(p.seed)
     pm = build_pretrain_model(cfg.model, p, len(data.label_names), p.batch_size)
-    if head_lr is not None:  # AdamW with the A-VID head g_a (bench.avid_head_lr) or the whole contrastive
+    if slow_lr is not None:  # AdamW with the A-VID head g_a (bench.avid_head_lr) or the whole contrastive
         # branch h_c, g_m, g_a (bench.contrastive_lr) at its own rate
         parts = [pm.student.g_a] if not branch else [pm.student.h_c, pm.student.g_m, pm.student.g_a]
-        head = [q for m in parts for q in m.parameters() if q.requires_grad]
-        ids = {id(q) for q in head}
-        rest = [q for q in pm.student.parameters() if q.requires_grad and id(q) not in ids]
-        groups: list[dict[str, Any]] = [{"params": rest}, {"params": head, "lr": head_lr}]
+        slow = [q for m in parts for q in m.parameters() if q.requires_grad]
+        slow_ids = {id(q) for q in slow}
+        rest = [q for q in pm.student.parameters() if q.requires_grad and id(q) not in slow_ids]
+        groups: list[dict[str, Any]] = [{"params": rest}, {"params": slow, "lr": slow_lr}]
         opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
     else:
         opt = (build_adamw(pm.student, p.lr, p.weight_decay) if p.optimizer == "adamw" else

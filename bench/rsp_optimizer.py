@@ -29,15 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Bench, print_table  # noqa: E402
+from pretrain_setup import heldout_set, load_pretrain_data  # noqa: E402
 
-from pipeline.core.config import load_config  # noqa: E402
-from pipeline.core.distributed import DistInfo  # noqa: E402
-from pipeline.stages import StageGraph  # noqa: E402
 from student.gpu_augment import batch_clips  # noqa: E402
 from student.losses import rsp_loss  # noqa: E402
 from student.optim import build_adamw, build_sgd  # noqa: E402
-from student.pretext_eval import build_heldout_set, evaluate_pretext, heldout_entries  # noqa: E402
-from student.pretrain import _load_data, build_pretrain_model, seed_all  # noqa: E402
+from student.pretext_eval import evaluate_pretext  # noqa: E402
+from student.pretrain import build_pretrain_model, seed_all  # noqa: E402
 
 DEFAULT_SETTINGS = ["momentum:sgd:0.025", "momentum:sgd:0.2", "momentum:adamw:0.001", "query:adamw:0.001"]
 NO_COLOUR = ["pretrain.jitter_p=0", "pretrain.grayscale_p=0"]
@@ -84,17 +82,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (key=value)")
     args = ap.parse_args()
     overrides = NO_COLOUR + ["pretrain.workers=1"] + args.overrides
-    cfg = load_config(overrides=overrides)
-    graph = StageGraph(cfg, args.work)
-    manifest_dir = graph.manifest(cfg.pretrain.dataset).out_dir(args.work)
-    cache_dir = graph.teacher_cache().out_dir(args.work)
-    for d in (manifest_dir, cache_dir):
-        if not (d / "stage.json").exists():
-            raise SystemExit(f"{d} is not built: run `pipeline --work-dir {args.work} teacher-cache --build-upstream`")
-    data = _load_data(manifest_dir, cache_dir, cfg.model, cfg.pretrain, cfg.clips, DistInfo(), torch.device("cpu"))
-    entries = heldout_entries(data.manifest, cfg.clips.splits, cfg.pretrain.heldout_videos)
-    hs = build_heldout_set(data.manifest, entries, clip_len=cfg.clips.clip_len, speeds=cfg.clips.speeds,
-                           input_size=cfg.model.input_size, crop_area=cfg.pretrain.crop_area)
+    cfg, data = load_pretrain_data(args.work, overrides)
+    hs = heldout_set(cfg, data)
     bench = Bench("rsp_optimizer", "RSP-only training: held-out RSP accuracy by optimizer and key encoder",
                   {"overrides": overrides, "steps": args.steps, "every": args.every, "heldout_videos": len(hs),
                    "batch_size": cfg.pretrain.batch_size})
