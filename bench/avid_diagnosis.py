@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Bench, print_table  # noqa: E402
@@ -45,7 +46,7 @@ from pretrain_setup import heldout_set, load_pretrain_data  # noqa: E402
 from student.artifacts import load_pretrained_student, model_config_from, pretrained_student  # noqa: E402
 from student.gpu_augment import batch_clips, colour_batch  # noqa: E402
 from student.losses import avid_loss, kd_loss, rsp_loss  # noqa: E402
-from student.optim import build_adamw, build_sgd  # noqa: E402
+from student.optim import CosineFactor, build_adamw, build_sgd  # noqa: E402
 from student.pretext_eval import HeldoutSet, _forward, evaluate_pretext, retrieval_top1  # noqa: E402
 from student.pretrain import build_pretrain_model, seed_all  # noqa: E402
 
@@ -137,9 +138,13 @@ def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | N
 def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict[str, HeldoutSet]) -> list[dict]:
     """One setting: train ``steps`` steps (constant lr), measuring at step 0 and every ``every`` steps."""
     own_key = "bench.avid_key=own" in overrides
-    slow_lr = next((float(o.split("=", 1)[1]) for o in overrides
-                    if o.startswith(("bench.avid_head_lr=", "bench.contrastive_lr="))), None)
-    branch = any(o.startswith("bench.contrastive_lr=") for o in overrides)
+    bench = dict(o[len("bench."):].split("=", 1) for o in overrides if o.startswith("bench."))
+    slow_parts, slow_lr = bench.get("slow", ""), bench.get("slow_lr")
+    if "avid_head_lr" in bench:  # the earlier prototypes' names
+        slow_parts, slow_lr = "g_a", bench["avid_head_lr"]
+    if "contrastive_lr" in bench:
+        slow_parts, slow_lr = "h_c+g_m+g_a", bench["contrastive_lr"]
+    warmup, cosine = int(bench.get("warmup", 0)), bench.get("schedule", "constant") == "cosine"
     overrides = [o for o in overrides if not o.startswith("bench.")]
     if own_key:
         overrides.append("pretrain.augment_device=gpu")  # uint8 clips + colour draws: the key is re-coloured here
@@ -150,17 +155,19 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
     p = cfg.pretrain
     seed_all(p.seed)
     pm = build_pretrain_model(cfg.model, p, len(data.label_names), p.batch_size)
-    if slow_lr is not None:  # AdamW with the A-VID head g_a (bench.avid_head_lr) or the whole contrastive
-        # branch h_c, g_m, g_a (bench.contrastive_lr) at its own rate
-        parts = [pm.student.g_a] if not branch else [pm.student.h_c, pm.student.g_m, pm.student.g_a]
+    if slow_lr is not None:  # AdamW with the named student modules (bench.slow=h_c+g_a) at their own rate
+        parts = [getattr(pm.student, name) for name in slow_parts.split("+")]
         slow = [q for m in parts for q in m.parameters() if q.requires_grad]
         slow_ids = {id(q) for q in slow}
         rest = [q for q in pm.student.parameters() if q.requires_grad and id(q) not in slow_ids]
-        groups: list[dict[str, Any]] = [{"params": rest}, {"params": slow, "lr": slow_lr}]
+        groups: list[dict[str, Any]] = [{"params": rest}, {"params": slow, "lr": float(slow_lr)}]
         opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
     else:
         opt = (build_adamw(pm.student, p.lr, p.weight_decay) if p.optimizer == "adamw" else
                build_sgd(pm.student, p.lr, p.momentum, p.weight_decay))
+    # bench.warmup=N: linear warm-up over N steps; bench.schedule=cosine: then the pipeline's cosine to the end
+    decay = CosineFactor(max(steps - warmup, 1)) if cosine else (lambda k: 1.0)
+    scheduler = LambdaLR(opt, lambda k: (k + 1) / warmup if k < warmup else decay(k - warmup))
 
     def measure(step: int, window: list[dict]) -> dict:
         row: dict = {"step": step, **avid_figures(pm.student, hs)}
@@ -185,6 +192,7 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
+        scheduler.step()
         window.append({k: v.detach() for k, v in out.items()})
         if step % every == 0 or step == steps:
             curve.append(measure(step, window[-every:]))

@@ -91,3 +91,17 @@ def batch_clips(batch: dict[str, Any], device: torch.device, augment_device: str
     colours = {"query": batch["query_colour"], "key_pos": batch["key_colour"], "key_neg": batch["key_colour"]}
     return tuple(colour_batch(batch[n].to(device, non_blocking=True), colours[n])
                  .contiguous(memory_format=memory_format) for n in names)
+
+
+def avid_key_clip(batch: dict[str, Any], device: torch.device, augment_device: str,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor | None:
+    """The A-VID key of a pretraining batch (``pretrain.avid_own_colour``), or None when the batch has none:
+    ``"cpu"``: the worker's finished ``key_avid`` clips; ``"gpu"``: ``key_pos``'s uint8 clips with the
+    key's own colour draw (``avid_colour``)."""
+    if augment_device == "cpu":
+        clip = batch.get("key_avid")
+        return None if clip is None else clip.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    if "avid_colour" not in batch:
+        return None
+    return colour_batch(batch["key_pos"].to(device, non_blocking=True),
+                        batch["avid_colour"]).contiguous(memory_format=memory_format)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -31,17 +31,43 @@ def _trainable(params: Iterable[torch.nn.Parameter] | torch.nn.Module, who: str)
     return trainable
 
 
+def param_groups(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float, who: str,
+                 slow_modules: Sequence[str] = (), slow_lr_ratio: float = 1.0) -> list[dict[str, Any]]:
+    """One group of every trainable parameter, or, with ``slow_modules`` (names of a module's children,
+    e.g. the student's ``h_c``, ``g_a``), two: the rest at ``lr`` (first: ``current_lr`` reads it) and
+    the named modules' parameters at ``lr * slow_lr_ratio``. Why: in the demo's budget A-VID learns
+    only at about a tenth of the rate RSP and the parsing need (pretrain.slow_modules)."""
+    if not slow_modules:
+        return [{"params": _trainable(params, who)}]
+    if not isinstance(params, torch.nn.Module):
+        raise ValueError(f"{who}: slow_modules {list(slow_modules)} need a module, not a list of parameters")
+    slow: dict[int, torch.nn.Parameter] = {}
+    for name in slow_modules:
+        module = getattr(params, name, None)
+        if not isinstance(module, torch.nn.Module):
+            raise ValueError(f"{who}: slow module {name!r} is not a module of {type(params).__name__} "
+                             f"(it may be off in this model, e.g. g_h without KD)")
+        slow.update((id(p), p) for p in module.parameters() if p.requires_grad)
+    rest = [p for p in _trainable(params, who) if id(p) not in slow]
+    groups: list[dict[str, Any]] = [{"params": rest}] if rest else []
+    return groups + [{"params": list(slow.values()), "lr": lr * slow_lr_ratio}]
+
+
 def build_sgd(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float, momentum: float = 0.9,
-              weight_decay: float = 1e-4) -> torch.optim.SGD:
+              weight_decay: float = 1e-4, slow_modules: Sequence[str] = (),
+              slow_lr_ratio: float = 1.0) -> torch.optim.SGD:
     """SGD with momentum and weight decay on every trainable parameter (as RSPNet/MoCo)."""
-    return torch.optim.SGD(_trainable(params, "build_sgd"), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(param_groups(params, lr, "build_sgd", slow_modules, slow_lr_ratio), lr=lr,
+                           momentum=momentum, weight_decay=weight_decay)
 
 
 def build_adamw(params: Iterable[torch.nn.Parameter] | torch.nn.Module, lr: float,
-                weight_decay: float = 1e-4) -> torch.optim.AdamW:
+                weight_decay: float = 1e-4, slow_modules: Sequence[str] = (),
+                slow_lr_ratio: float = 1.0) -> torch.optim.AdamW:
     """AdamW on every trainable parameter: learns the relative-speed task within the demo's few hundred
     steps, where momentum SGD at RSPNet's rate does not (docs/results.md section 4)."""
-    return torch.optim.AdamW(_trainable(params, "build_adamw"), lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(param_groups(params, lr, "build_adamw", slow_modules, slow_lr_ratio), lr=lr,
+                             weight_decay=weight_decay)
 
 
 class CosineFactor:

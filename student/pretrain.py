@@ -43,7 +43,7 @@ from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rn
 from student.optim import build_adamw, build_sgd, cosine_schedule, current_lr, scaled_lr
 from student.pretrain_data import (PretrainClipDataset, build_pretrain_loader, clips_with_maps, shutdown_workers,
                                   steps_per_epoch)
-from student.gpu_augment import batch_clips
+from student.gpu_augment import avid_key_clip, batch_clips
 from student.moco import trimmed_queue_size
 from student.pretrain_model import PretrainModel
 from student.pretext_eval import (FIGURES, HeldoutSet, build_heldout_set, describe, evaluate_pretext, heldout_entries,
@@ -174,10 +174,10 @@ def _config_dict(model_cfg: ModelConfig, cfg: PretrainConfig, clips: ClipsConfig
 
 
 _RESUME_KEYS = ("model", "clips")
-_RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "lambda_kd",
-                             "lambda_m", "lambda_a", "queue_size", "exclude_same_video", "moco_momentum",
-                             "temperature", "margin", "crop_area", "seed", "max_steps_per_epoch", "jitter", "jitter_p",
-                             "grayscale_p", "shared_colour")
+_RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "slow_modules",
+                             "slow_lr_ratio", "lambda_kd", "lambda_m", "lambda_a", "queue_size", "exclude_same_video",
+                             "moco_momentum", "temperature", "margin", "crop_area", "seed", "max_steps_per_epoch",
+                             "jitter", "jitter_p", "grayscale_p", "shared_colour", "avid_own_colour")
 
 
 def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], world: int, spe: int) -> None:
@@ -298,7 +298,7 @@ def _load_data(manifest_dir: Path, cache_dir: Path | None, model_cfg: ModelConfi
                           jitter_p=cfg.jitter_p, grayscale_p=cfg.grayscale_p)
     dataset = PretrainClipDataset(manifest, plan, cache, model_cfg, clips, crop_area=cfg.crop_area, seed=cfg.seed,
                                   augment=augment, augment_device=cfg.augment_device,
-                                  shared_colour=cfg.shared_colour)
+                                  shared_colour=cfg.shared_colour, avid_own_colour=cfg.avid_own_colour)
     loader, sampler = build_pretrain_loader(dataset, cfg.batch_size, cfg.workers, rank=dist.rank,
                                             world_size=dist.world_size, seed=cfg.seed,
                                             pin_memory=device.type == "cuda")
@@ -333,10 +333,12 @@ def _build(model_cfg: ModelConfig, cfg: PretrainConfig, data: _Data, dist: DistI
     pm.to(device)
     if cfg.optimizer == "adamw":
         base_lr = cfg.lr
-        optimizer: torch.optim.Optimizer = build_adamw(pm.student, base_lr, cfg.weight_decay)
+        optimizer: torch.optim.Optimizer = build_adamw(pm.student, base_lr, cfg.weight_decay, cfg.slow_modules,
+                                                       cfg.slow_lr_ratio)
     else:
         base_lr = scaled_lr(cfg.lr, global_batch)
-        optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay)
+        optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay, cfg.slow_modules,
+                              cfg.slow_lr_ratio)
     scheduler = cosine_schedule(optimizer, data.total_steps)
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -513,9 +515,10 @@ class _Loop:
         """One optimizer step on one batch; the model's outputs (losses and accuracies)."""
         net, device = self.net, self.device
         query, key_pos, key_neg = batch_clips(batch, device, self.cfg.augment_device, net.memory_format)
+        key_avid = avid_key_clip(batch, device, self.cfg.augment_device, net.memory_format)
         target = batch["target"].to(device, non_blocking=True) if self.model_cfg.kd else None
         with autocast(device, net.dtype):
-            out = self.ddp(query, key_pos, key_neg, target, batch["video_index"].to(device))
+            out = self.ddp(query, key_pos, key_neg, target, batch["video_index"].to(device), key_avid)
         net.optimizer.zero_grad(set_to_none=True)
         net.scaler.scale(out["loss"]).backward()
         net.scaler.step(net.optimizer)

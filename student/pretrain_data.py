@@ -9,8 +9,10 @@ that every batch holds exactly as many queries at each speed as the batch size a
 half for two speeds), as RSPNet's batches do. Query and key get independent
 augmentations (with ``shared_colour``: independent geometry, one colour draw); key_pos and
 key_neg share the key's (same window, same crop/flip/colour), so they differ only in playback
-speed. The teacher map of anchor A is cut with the query's crop box
-and flip, at the decoder's resolution.
+speed. With ``shared_colour`` and ``avid_own_colour``, the item also carries the A-VID key: key_pos's
+window and crop with the key's own colour draw (the one ``shared_colour`` replaced), so that
+appearance discrimination cannot match colours while RSP keeps the shared draw. The teacher map of
+anchor A is cut with the query's crop box and flip, at the decoder's resolution.
 
 Every random choice of an item comes from ``numpy.random.default_rng([seed, epoch, index])``:
 an item is the same whatever the worker count, the rank layout or a resume. The sampler yields
@@ -91,7 +93,7 @@ class PretrainClipDataset(Dataset):
     def __init__(self, manifest: Manifest, plan: Sequence[Clip], cache: Any | None, model_cfg: ModelConfig,
                  clips_cfg: ClipsConfig, crop_area: Sequence[float] = (0.4, 1.0), seed: int = 0, *,
                  reader: FrameReader = read_frames, augment: ClipAugment | None = None,
-                 augment_device: str = "cpu", shared_colour: bool = False) -> None:
+                 augment_device: str = "cpu", shared_colour: bool = False, avid_own_colour: bool = False) -> None:
         speeds = sorted(set(int(s) for s in clips_cfg.speeds))
         if len(speeds) < 2:
             raise TrainingError(f"pretraining needs at least two distinct clips.speeds for the relative-speed "
@@ -112,6 +114,8 @@ class PretrainClipDataset(Dataset):
             raise TrainingError(f"pretrain.augment_device: {augment_device!r} is not one of 'cpu', 'gpu'")
         self.augment_device = augment_device  # "gpu": uint8 clips + colour parameters (student/gpu_augment.py)
         self.shared_colour = bool(shared_colour)  # keys take the query's colour draw (pretrain.shared_colour)
+        # the A-VID key keeps the key's own colour draw (pretrain.avid_own_colour; only differs with shared_colour)
+        self.avid_key = bool(avid_own_colour) and self.shared_colour
         self.seed = int(seed)
         self.reader = reader
         self.epoch = 0
@@ -165,12 +169,17 @@ class PretrainClipDataset(Dataset):
         h, w = frames.shape[1:3]
         q_params = self.augment.sample(h, w, rng)
         key_params = self.augment.sample(h, w, rng)  # drawn either way: the item's random stream stays the same
+        avid_params = key_params  # the key's own colour draw
         if self.shared_colour:
             key_params = with_colour_of(key_params, q_params)
         finish = self.augment.geometry if self.augment_device == "gpu" else self.augment.apply
         q = finish(take(idx_q), q_params)
         kp = finish(take(idx_p), key_params)
         kn = finish(take(idx_n), key_params)
+        avid_key: dict[str, Any] = {}
+        if self.avid_key:  # gpu: key_pos's uint8 crop is coloured again on the device with this draw
+            avid_key = ({"avid_colour": colour_vector(avid_params)} if self.augment_device == "gpu" else
+                        {"key_avid": self.augment.apply(take(idx_p), avid_params).clip})
         if self.cache is not None:
             clip_id = video.clip_ids[video.frames.index(choice.query_anchor)]
             target = self.cache.target(clip_id, q.box, q.flip, (self.parse_size, self.parse_size))
@@ -183,6 +192,7 @@ class PretrainClipDataset(Dataset):
             "query_box": torch.tensor(q.box, dtype=torch.float64), "query_flip": q.flip,
             **({"query_colour": colour_vector(q_params), "key_colour": colour_vector(key_params)}
                if self.augment_device == "gpu" else {}),
+            **avid_key,
         }
 
 

@@ -14,6 +14,9 @@ Per step (``forward``):
      queue, leaving out queue rows of the query's own video when video ids are given;
   5. only in training mode: the other-speed keys' A-VID embeddings and their video ids
      (gathered from every rank) are enqueued, as RSPNet fills its queue.
+With an A-VID key (``key_avid``: the positive key's window and crop with its own colour draw, for
+``pretrain.avid_own_colour``), A-VID takes it for both of its positives and it is the key enqueued;
+RSP keeps key_pos and key_neg. One more key-encoder pass per step.
 The update in 2 reads only the query encoder's current weights, so a resumed checkpoint replays
 exactly. ``eval()`` computes the same losses and changes no state.
 """
@@ -61,18 +64,22 @@ class PretrainModel(nn.Module):
 
     def forward(self, query: torch.Tensor, key_pos: torch.Tensor, key_neg: torch.Tensor,
                 teacher_target: torch.Tensor | None = None,
-                video_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                video_ids: torch.Tensor | None = None,
+                key_avid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Clips (B, 3, T, H, W); ``teacher_target`` (B, num_parts, S, S) probabilities already cut and
         resampled to the decoder's S (required when kd, ignored otherwise); ``video_ids`` (B,) the
         clips' video indices: queued with the keys and, with ``exclude_same_video``, used to leave a
-        query's own video out of its A-VID negatives.
+        query's own video out of its A-VID negatives; ``key_avid`` (B, 3, T, H, W) the A-VID key, when
+        it is not key_pos (see the module docstring).
 
         Returns ``loss`` (differentiable) and detached ``loss_kd`` (0 without KD), ``loss_rsp``,
         ``loss_avid``, ``acc_rsp``, ``acc_avid_pos``, ``acc_avid_neg``.
         """
-        if not (query.shape == key_pos.shape == key_neg.shape):
-            raise ValueError(f"PretrainModel: query {tuple(query.shape)}, key_pos {tuple(key_pos.shape)} and "
-                             f"key_neg {tuple(key_neg.shape)} must have the same shape")
+        clips = {"query": query, "key_pos": key_pos, "key_neg": key_neg,
+                 **({} if key_avid is None else {"key_avid": key_avid})}
+        if len({c.shape for c in clips.values()}) > 1:
+            raise ValueError("PretrainModel: " + ", ".join(f"{n} {tuple(c.shape)}" for n, c in clips.items())
+                             + " must have the same shape")
         if self.kd and teacher_target is None:
             raise ValueError("PretrainModel: kd=True needs teacher_target (B, num_parts, S, S)")
         out = self.student(query)
@@ -81,6 +88,8 @@ class PretrainModel(nn.Module):
             self.key_encoder.update(s.f_l, s.h_c, s.g_m, s.g_a, self.momentum)
         kp_m, kp_a = self._keys(key_pos)
         kn_m, kn_a = self._keys(key_neg)
+        if key_avid is not None:  # A-VID's own-colour key is both of its positives
+            kp_a = kn_a = self._keys(key_avid)[1]
         queue, queue_ids = self.queue.snapshot()
         exclude = self.exclude_same_video and video_ids is not None
 
@@ -95,7 +104,7 @@ class PretrainModel(nn.Module):
                              query_ids=video_ids if exclude else None, queue_ids=queue_ids if exclude else None)
         loss = self.lambda_kd * loss_kd + self.lambda_m * rsp.loss + self.lambda_a * avid.loss
 
-        if self.training:  # the other-speed keys of every rank join the queue (as RSPNet fills it)
+        if self.training:  # the other-speed (or A-VID) keys of every rank join the queue (as RSPNet fills it)
             with torch.no_grad():
                 ids = video_ids if video_ids is not None else torch.full((kn_a.shape[0],), -1, device=kn_a.device)
                 # one collective for keys and ids: video ids below 2**24 are exact in float32

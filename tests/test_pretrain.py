@@ -23,12 +23,12 @@ import torch
 from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import Manifest, VideoEntry, write_manifest
 from data_manifests.video import count_frames
-from pipeline.core.config import ClipsConfig, ModelConfig, PretrainConfig
+from pipeline.core.config import ClipsConfig, ConfigError, ModelConfig, PretrainConfig, load_config
 from pipeline.core.distributed import DistInfo
 from pipeline.core.errors import CheckpointError
 from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, restore_rng,
                                    save_checkpoint)
-from student.optim import build_sgd, cosine_schedule, current_lr, multistep_schedule, scaled_lr
+from student.optim import build_adamw, build_sgd, cosine_schedule, current_lr, multistep_schedule, scaled_lr
 from student.pretrain import StepInfo, amp_dtype, build_pretrain_model, init_from_checkpoint, pretrain
 from teacher.cache_format import ShardMeta, shard_name, write_shard
 
@@ -152,6 +152,38 @@ def test_lr_scaling_and_cosine_schedule_are_closed_form_and_resumable() -> None:
     assert got == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
 
 
+@pytest.mark.parametrize("build", [build_sgd, build_adamw])
+def test_slow_modules_train_at_a_fraction_of_the_rate_through_the_schedule(build) -> None:
+    """pretrain.slow_modules / slow_lr_ratio: the named student modules' parameters (each once, even where
+    h_h is h_c) get lr × ratio at every step of the cosine schedule; the rest, the first group, lr."""
+    from student.model import MultiTaskStudent
+
+    torch.manual_seed(0)
+    student = MultiTaskStudent("c3d", width=0.125, task_dependent=False)
+    opt = build(student, 0.2, slow_modules=["h_h", "h_c", "g_a"], slow_lr_ratio=0.1)
+    rest, slow = opt.param_groups
+    slow_ids = {id(q) for m in (student.h_c, student.g_a) for q in m.parameters()}
+    assert {id(q) for q in slow["params"]} == slow_ids and len(slow["params"]) == len(slow_ids)
+    assert {id(q) for q in rest["params"]} == {id(q) for q in student.parameters()} - slow_ids
+    sched = cosine_schedule(opt, total_steps=4)
+    for _ in range(4):
+        assert slow["lr"] == pytest.approx(0.1 * rest["lr"], rel=1e-12) and rest["lr"] == current_lr(opt)
+        opt.step()
+        sched.step()
+    assert [len(g["params"]) for g in build(student, 0.2).param_groups] == [len(list(student.parameters()))]
+    with pytest.raises(ValueError, match="slow module 'g_h' is not a module"):
+        build(MultiTaskStudent("c3d", width=0.125, kd=False), 0.2, slow_modules=["g_h"])
+
+
+def test_slow_modules_are_checked_where_the_config_is_read() -> None:
+    cfg = load_config(overrides=["pretrain.slow_modules=['h_c', 'g_a']", "pretrain.slow_lr_ratio=0.1"])
+    assert cfg.pretrain.slow_modules == ["h_c", "g_a"] and cfg.pretrain.slow_lr_ratio == 0.1
+    with pytest.raises(ConfigError, match=r"slow_modules \['g_x'\] are not student modules"):
+        load_config(overrides=["pretrain.slow_modules=['g_x']"])
+    with pytest.raises(ConfigError, match="model.kd = false"):
+        load_config(overrides=["pretrain.slow_modules=['g_h']", "model.kd=false"])
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpointing
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +289,31 @@ def test_interrupted_and_resumed_run_ends_with_identical_state(toy, tmp_path: Pa
     # Rerunning a finished run trains nothing more and rewrites the same weights.
     again = run(toy, out)
     assert again["steps_this_run"] == 0 and again["steps"] == 4
+
+
+@pytest.mark.parametrize("augment_device", ["cpu", "gpu"])
+def test_avid_own_colour_and_slow_modules_resume_exactly(toy, tmp_path: Path, augment_device: str) -> None:
+    """The A-VID key (an extra clip per item) and the slow parameter group go through an interrupted and
+    resumed run to the same state as an uninterrupted one; a changed ratio refuses to resume."""
+    cfg = dataclasses.replace(CFG, shared_colour=True, avid_own_colour=True, slow_modules=["h_c", "g_a"],
+                              slow_lr_ratio=0.1, augment_device=augment_device)
+    run(toy, tmp_path / "full", cfg)
+
+    def sigterm_after_3(info: StepInfo) -> None:
+        if info.global_step == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        run(toy, tmp_path / "resumed", cfg, on_step=sigterm_after_3)
+    run(toy, tmp_path / "resumed", cfg)
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    for part in ("model", "optimizer", "scheduler", "rng"):
+        assert tensors_equal(a[part], b[part]) == [], part
+    end = scaled_lr(cfg.lr, cfg.batch_size) * 1e-3  # the cosine's last step
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == pytest.approx([end, 0.1 * end])
+    with pytest.raises(CheckpointError, match="slow_lr_ratio"):
+        run(toy, tmp_path / "resumed", dataclasses.replace(cfg, slow_lr_ratio=0.5))
 
 
 def test_resume_refuses_a_checkpoint_from_another_configuration(toy, tmp_path: Path) -> None:

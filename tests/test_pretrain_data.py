@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, default_collate
 
 from data_manifests.clip_plan import Clip, anchor_frames, clip_indices
 from data_manifests.manifest import Manifest, VideoEntry
@@ -399,3 +399,31 @@ def test_colour_keys_reach_the_augmentation_and_are_checked() -> None:
         load_config(overrides=["pretrain.jitter=[0.4, 0.4, 0.4, 0.6]"])
     with pytest.raises(ConfigError, match="jitter_p"):
         load_config(overrides=["pretrain.jitter_p=1.5"])
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_avid_key_is_key_pos_with_the_keys_own_colour_draw(shared: bool) -> None:
+    """pretrain.avid_own_colour: with shared_colour the item carries the A-VID key, exactly key_pos as an item
+    without shared_colour draws it (same window, crop and flip, the key's own colour); the CPU and GPU paths agree.
+    Without shared_colour the keys already have their own draw and there is no extra clip."""
+    from student.gpu_augment import avid_key_clip
+
+    manifest = make_manifest([40, 60, 33])
+    plan = make_plan(manifest, CLIPS.anchors_per_video, CLIPS.span)
+    aug = ClipAugment(MODEL.input_size, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.3)
+    make = lambda dev, s, own: PretrainClipDataset(manifest, plan, XCache(), MODEL, CLIPS, seed=5,  # noqa: E731
+                                                    reader=FakeReader(), augment=aug, augment_device=dev,
+                                                    shared_colour=s, avid_own_colour=own)
+    cpu, gpu, ref = make("cpu", shared, True), make("gpu", shared, True), make("cpu", False, False)
+    for i in range(3):
+        for epoch in range(3):
+            item, gitem, base = cpu[(epoch, i)], gpu[(epoch, i)], ref[(epoch, i)]
+            if not shared:
+                assert "key_avid" not in item and "avid_colour" not in gitem
+                assert avid_key_clip(default_collate([gitem]), torch.device("cpu"), "gpu") is None
+                continue
+            assert torch.equal(item["key_avid"], base["key_pos"])
+            assert torch.equal(item["query"], base["query"])  # the item's other draws are unchanged
+            from_gpu = avid_key_clip(default_collate([gitem]), torch.device("cpu"), "gpu")
+            from_cpu = avid_key_clip(default_collate([item]), torch.device("cpu"), "cpu")
+            torch.testing.assert_close(from_gpu, from_cpu, atol=2e-5, rtol=0)

@@ -372,3 +372,38 @@ def test_queue_size_not_well_below_the_videos_is_warned(caplog):
         warn_queue_size(512, 150, False)
     (record,) = caplog.records
     assert "3.4 keys of its own video" in record.getMessage() and "exclude_same_video" in record.getMessage()
+
+
+def test_avid_key_is_both_avid_positives_and_the_key_enqueued_while_rsp_keeps_its_keys():
+    """pretrain.avid_own_colour: A-VID = ce(k_a) + ce(k_a) on the A-VID key through the key encoder, RSP unchanged,
+    the A-VID key joins the queue; without it the other-speed key does."""
+    from student.losses import avid_loss, rsp_loss
+
+    torch.manual_seed(0)
+    m = PretrainModel("c3d", width=W, queue_size=8, momentum=0.9, kd=False)
+    q, kp, kn, ka = _clips(2, 1), _clips(2, 2), _clips(2, 3), _clips(2, 4)
+    ids = torch.tensor([3, 5])
+    rows = torch.nn.functional.normalize(torch.randn(8, 128, generator=torch.Generator().manual_seed(5)), dim=1)
+    m.queue.enqueue(rows, torch.arange(8))
+    m.eval()  # no momentum update, no enqueue: the same state for both calls and the reference
+    with torch.no_grad():
+        plain, own = m(q, kp, kn, None, ids), m(q, kp, kn, None, ids, key_avid=ka)
+        out = m.student(q)
+        kp_m, _ = m.key_encoder(kp)
+        kn_m, _ = m.key_encoder(kn)
+        _, ka_a = m.key_encoder(ka)
+        queue, queue_ids = m.queue.snapshot()
+        rsp = rsp_loss(out["emb_m"], kp_m, kn_m, m.tau, m.margin)
+        avid = avid_loss(out["emb_a"], ka_a, ka_a, queue, m.tau, query_ids=ids, queue_ids=queue_ids)
+    torch.testing.assert_close(own["loss_rsp"], plain["loss_rsp"])
+    torch.testing.assert_close(own["loss_rsp"], rsp.loss)
+    torch.testing.assert_close(own["loss_avid"], avid.loss)
+    assert not torch.allclose(own["loss_avid"], plain["loss_avid"])
+    m.train()
+    m.momentum = 1.0  # keep the key encoder where it is, so the enqueued rows can be recomputed
+    m(q, kp, kn, None, ids, key_avid=ka)
+    with torch.no_grad():
+        _, ka_a = m.key_encoder(ka)
+    torch.testing.assert_close(m.queue.queue[:2], ka_a, rtol=1e-4, atol=1e-5)  # the queue had wrapped to row 0
+    with pytest.raises(ValueError, match=r"key_avid \(2, 3, 4, 16, 16\) must have the same shape"):
+        m(q, kp, kn, None, ids, key_avid=_clips(2, 4)[:, :, :4])

@@ -203,6 +203,8 @@ class PretrainConfig:
             AdamW's learning rate as given.
         momentum: SGD momentum (AdamW: unused).
         weight_decay: SGD L2 weight decay; AdamW's decoupled weight decay.
+        slow_modules: student modules (f_l, h_h, g_h, h_c, g_m, g_a) trained at lr × slow_lr_ratio.
+        slow_lr_ratio: learning-rate ratio of slow_modules (1: no difference).
         lambda_kd (weight): weight of the KD loss (paper Eq. 4).
         lambda_m (weight): weight of the RSP margin-ranking loss.
         lambda_a (weight): weight of the A-VID InfoNCE loss.
@@ -216,6 +218,9 @@ class PretrainConfig:
         jitter_p (probability): probability that a clip is colour-jittered.
         grayscale_p (probability): probability that a clip is turned to grayscale.
         shared_colour: the query and the keys share one draw of colour parameters (RSPNet: independent draws).
+        avid_own_colour: with shared_colour, A-VID's key keeps the key's own colour draw (so appearance
+            discrimination cannot match colours) while RSP keeps the shared one; one more key-encoder pass per
+            step. No effect without shared_colour.
         heldout_videos (videos): the pretext tasks are measured on at most this many videos never pretrained
             on (student/pretext_eval.py; 0: off), before training and at the end.
         heldout_every (epochs): also measure them every this many epochs (0: only before and at the end).
@@ -240,6 +245,8 @@ class PretrainConfig:
     lr: float = _opt(0.1, min=0.0)  # SGD: for a global batch of 64, scaled linearly; AdamW: as given
     momentum: float = _opt(0.9, min=0.0, max=1.0)
     weight_decay: float = _opt(1e-4, min=0.0)
+    slow_modules: list[str] = _list([])
+    slow_lr_ratio: float = _opt(1.0, min=0.0)
     lambda_kd: float = _opt(1.0, min=0.0)
     lambda_m: float = _opt(1.0, min=0.0)
     lambda_a: float = _opt(1.0, min=0.0)
@@ -254,6 +261,7 @@ class PretrainConfig:
     jitter_p: float = _opt(1.0, min=0.0, max=1.0)
     grayscale_p: float = _opt(0.2, min=0.0, max=1.0)
     shared_colour: bool = _opt(False)
+    avid_own_colour: bool = _opt(False)
     heldout_videos: int = _opt(128, min=0)
     heldout_every: int = _opt(0, min=0)
     seed: int = _opt(0)
@@ -691,6 +699,9 @@ def _test_sets(datasets: dict[str, Any], where: str) -> dict[str, dict[str, Data
     return out
 
 
+STUDENT_MODULES = ("f_l", "h_h", "g_h", "h_c", "g_m", "g_a")  # student/model.py, paper section 3
+
+
 def _check_consistency(cfg: Config, where: str) -> None:
     if not cfg.clips.speeds or any(s < 1 for s in cfg.clips.speeds):
         raise ConfigError(f"{where}: clips.speeds must be a non-empty list of positive integers")
@@ -710,6 +721,13 @@ def _check_consistency(cfg: Config, where: str) -> None:
     lo, hi = cfg.pretrain.crop_area
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"{where}: pretrain.crop_area must be [min, max] with 0 < min <= max <= 1")
+    unknown = [m for m in cfg.pretrain.slow_modules if m not in STUDENT_MODULES]
+    if unknown:
+        raise ConfigError(f"{where}: pretrain.slow_modules {unknown} are not student modules; choose from "
+                          f"{list(STUDENT_MODULES)}")
+    if not cfg.model.kd and {"h_h", "g_h"} & set(cfg.pretrain.slow_modules):
+        raise ConfigError(f"{where}: pretrain.slow_modules names the human-prior branch (h_h, g_h), which "
+                          f"model.kd = false leaves out")
     jit = cfg.pretrain.jitter
     if len(jit) != 4 or min(jit) < 0 or jit[3] > 0.5:
         raise ConfigError(f"{where}: pretrain.jitter must be [brightness, contrast, saturation, hue], each >= 0 "
