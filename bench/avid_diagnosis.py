@@ -16,9 +16,12 @@ teacher-cache``), once per setting, and measures every ``--every`` steps:
 e.g. the ablation's ``WORK/default/pretrain/kinetics400/*``) beside the untrained network of each seed.
 
 A setting is ``name=key=value,key=value`` (config overrides on top of the demo's, ``pretrain.*``/``model.*``),
-plus two prototypes that are not pipeline options: ``bench.avid_key=own`` (A-VID on its own key with an
-independent colour draw, RSP on the shared-colour keys), ``bench.avid_head_lr=LR`` (AdamW with the A-VID
-head g_a at its own learning rate) and ``bench.contrastive_lr=LR`` (the same for h_c, g_m and g_a).
+plus prototypes that came before the pipeline options ``pretrain.avid_own_colour`` and
+``pretrain.slow_modules`` (which the bench also takes): ``bench.avid_key=own`` (A-VID on its own key,
+the positive key re-coloured with another item's colour draw; RSP on the shared-colour keys),
+``bench.slow=h_c+g_a,bench.slow_lr=LR`` (AdamW with those student modules at their own learning rate;
+``bench.avid_head_lr=LR`` and ``bench.contrastive_lr=LR`` name g_a and h_c+g_m+g_a), ``bench.warmup=N``
+(linear warm-up over N steps) and ``bench.schedule=cosine`` (then the pipeline's cosine decay; default: constant).
 
     python -m pipeline.cli --work-dir /tmp/w teacher-cache --build-upstream
     python bench/avid_diagnosis.py --work /tmp/w        # the default settings, 150 steps each
@@ -44,7 +47,7 @@ from common import Bench, print_table  # noqa: E402
 from pretrain_setup import heldout_set, load_pretrain_data  # noqa: E402
 
 from student.artifacts import load_pretrained_student, model_config_from, pretrained_student  # noqa: E402
-from student.gpu_augment import batch_clips, colour_batch  # noqa: E402
+from student.gpu_augment import avid_key_clip, batch_clips, colour_batch  # noqa: E402
 from student.losses import avid_loss, kd_loss, rsp_loss  # noqa: E402
 from student.optim import CosineFactor, build_adamw, build_sgd  # noqa: E402
 from student.pretext_eval import HeldoutSet, _forward, evaluate_pretext, retrieval_top1  # noqa: E402
@@ -136,7 +139,8 @@ def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | N
 
 
 def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict[str, HeldoutSet]) -> list[dict]:
-    """One setting: train ``steps`` steps (constant lr), measuring at step 0 and every ``every`` steps."""
+    """One setting: train ``steps`` steps (constant lr unless bench.schedule=cosine), measuring at step 0 and
+    every ``every`` steps."""
     own_key = "bench.avid_key=own" in overrides
     bench = dict(o[len("bench."):].split("=", 1) for o in overrides if o.startswith("bench."))
     slow_parts, slow_lr = bench.get("slow", ""), bench.get("slow_lr")
@@ -163,8 +167,9 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
         groups: list[dict[str, Any]] = [{"params": rest}, {"params": slow, "lr": float(slow_lr)}]
         opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
     else:
-        opt = (build_adamw(pm.student, p.lr, p.weight_decay) if p.optimizer == "adamw" else
-               build_sgd(pm.student, p.lr, p.momentum, p.weight_decay))
+        opt = (build_adamw(pm.student, p.lr, p.weight_decay, p.slow_modules, p.slow_lr_ratio)
+               if p.optimizer == "adamw" else
+               build_sgd(pm.student, p.lr, p.momentum, p.weight_decay, p.slow_modules, p.slow_lr_ratio))
     # bench.warmup=N: linear warm-up over N steps; bench.schedule=cosine: then the pipeline's cosine to the end
     decay = CosineFactor(max(steps - warmup, 1)) if cosine else (lambda k: 1.0)
     scheduler = LambdaLR(opt, lambda k: (k + 1) / warmup if k < warmup else decay(k - warmup))
@@ -188,7 +193,8 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
             out = own_key_step(pm, batch, target)
         else:
             q, kp, kn = batch_clips(batch, torch.device("cpu"), p.augment_device)
-            out = pm(q, kp, kn, target, batch["video_index"])
+            ka = avid_key_clip(batch, torch.device("cpu"), p.augment_device)  # pretrain.avid_own_colour
+            out = pm(q, kp, kn, target, batch["video_index"], ka)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
