@@ -19,7 +19,7 @@ A setting is ``name=key=value,key=value`` (config overrides on top of the demo's
 plus prototypes that came before the pipeline options ``pretrain.avid_own_colour`` and
 ``pretrain.slow_modules`` (which the bench also takes): ``bench.avid_key=own`` (A-VID on its own key,
 the positive key re-coloured with another item's colour draw; RSP on the shared-colour keys),
-``bench.slow=h_c+g_a,bench.slow_lr=LR`` (AdamW with those student modules at their own learning rate;
+``bench.slow=h_c+g_a,bench.slow_lr=LR`` (those student modules at their own learning rate;
 ``bench.avid_head_lr=LR`` and ``bench.contrastive_lr=LR`` name g_a and h_c+g_m+g_a), ``bench.warmup=N``
 (linear warm-up over N steps) and ``bench.schedule=cosine`` (then the pipeline's cosine decay; default: constant).
 
@@ -36,7 +36,6 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,6 @@ from pretrain_setup import heldout_set, load_pretrain_data  # noqa: E402
 
 from student.artifacts import load_pretrained_student, model_config_from, pretrained_student  # noqa: E402
 from student.gpu_augment import avid_key_clip, batch_clips, colour_batch  # noqa: E402
-from student.losses import avid_loss, kd_loss, rsp_loss  # noqa: E402
 from student.optim import CosineFactor, build_adamw, build_sgd  # noqa: E402
 from student.pretext_eval import HeldoutSet, _forward, evaluate_pretext, retrieval_top1  # noqa: E402
 from student.pretrain import build_pretrain_model, seed_all  # noqa: E402
@@ -82,29 +80,11 @@ def avid_figures(student: torch.nn.Module, hs: HeldoutSet) -> dict[str, float]:
             "avid_spread": round(float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))), 4)}
 
 
-def own_key_step(pm: Any, batch: dict, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """PretrainModel.forward with A-VID on its OWN key: the positive key's frames and crop with the colour draw
-    of another item of the batch (independent of this item's query), through the key encoder; RSP keeps
-    the shared-colour keys. The A-VID key joins the queue. (Setting ``bench.avid_key=own``.)"""
-    cpu = torch.device("cpu")
-    q, kp, kn = batch_clips(batch, cpu, "gpu")
-    ka_clip = colour_batch(batch["key_pos"], batch["query_colour"].roll(1, dims=0))
-    ids = batch["video_index"]
-    out = pm.student(q)
-    s = pm.student
-    pm.key_encoder.update(s.f_l, s.h_c, s.g_m, s.g_a, pm.momentum)
-    kp_m, _ = pm._keys(kp)
-    kn_m, _ = pm._keys(kn)
-    _, ka_a = pm._keys(ka_clip)
-    queue, queue_ids = pm.queue.snapshot()
-    loss_kd = kd_loss(out["parse_logits"], target) if pm.kd and target is not None else torch.zeros(())
-    rsp = rsp_loss(out["emb_m"], kp_m, kn_m, pm.tau, pm.margin)
-    avid = avid_loss(out["emb_a"], ka_a, ka_a, queue, pm.tau, query_ids=ids, queue_ids=queue_ids)
-    with torch.no_grad():
-        pm.queue.enqueue(ka_a.float(), ids)
-    loss = pm.lambda_kd * loss_kd + pm.lambda_m * rsp.loss + pm.lambda_a * avid.loss
-    return dict(loss=loss, loss_kd=loss_kd.detach(), loss_rsp=rsp.loss.detach(), loss_avid=avid.loss.detach(),
-                acc_rsp=rsp.acc, acc_avid_pos=avid.acc_pos, acc_avid_neg=avid.acc_neg)
+def own_key_clip(batch: dict) -> torch.Tensor:
+    """The prototype's A-VID key (``bench.avid_key=own``): the positive key's frames and crop with the colour
+    draw of another item of the batch (independent of this item's query). ``pretrain.avid_own_colour`` later
+    made it a pipeline option with the key's own draw instead."""
+    return colour_batch(batch["key_pos"], batch["query_colour"].roll(1, dims=0))
 
 
 def measure_pretrained(work: Path, dirs: list[Path], bench: Bench, out: Path | None) -> None:
@@ -159,17 +139,10 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
     p = cfg.pretrain
     seed_all(p.seed)
     pm = build_pretrain_model(cfg.model, p, len(data.label_names), p.batch_size)
-    if slow_lr is not None:  # AdamW with the named student modules (bench.slow=h_c+g_a) at their own rate
-        parts = [getattr(pm.student, name) for name in slow_parts.split("+")]
-        slow = [q for m in parts for q in m.parameters() if q.requires_grad]
-        slow_ids = {id(q) for q in slow}
-        rest = [q for q in pm.student.parameters() if q.requires_grad and id(q) not in slow_ids]
-        groups: list[dict[str, Any]] = [{"params": rest}, {"params": slow, "lr": float(slow_lr)}]
-        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
-    else:
-        opt = (build_adamw(pm.student, p.lr, p.weight_decay, p.slow_modules, p.slow_lr_ratio)
-               if p.optimizer == "adamw" else
-               build_sgd(pm.student, p.lr, p.momentum, p.weight_decay, p.slow_modules, p.slow_lr_ratio))
+    slow, ratio = (slow_parts.split("+"), float(slow_lr) / p.lr) if slow_lr is not None else (p.slow_modules,
+                                                                                              p.slow_lr_ratio)
+    opt = (build_adamw(pm.student, p.lr, p.weight_decay, slow, ratio) if p.optimizer == "adamw" else
+           build_sgd(pm.student, p.lr, p.momentum, p.weight_decay, slow, ratio))
     # bench.warmup=N: linear warm-up over N steps; bench.schedule=cosine: then the pipeline's cosine to the end
     decay = CosineFactor(max(steps - warmup, 1)) if cosine else (lambda k: 1.0)
     scheduler = LambdaLR(opt, lambda k: (k + 1) / warmup if k < warmup else decay(k - warmup))
@@ -189,12 +162,9 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
     for step in range(1, steps + 1):
         batch = next(batches)
         target = batch["target"] if pm.kd else None
-        if own_key:
-            out = own_key_step(pm, batch, target)
-        else:
-            q, kp, kn = batch_clips(batch, torch.device("cpu"), p.augment_device)
-            ka = avid_key_clip(batch, torch.device("cpu"), p.augment_device)  # pretrain.avid_own_colour
-            out = pm(q, kp, kn, target, batch["video_index"], ka)
+        q, kp, kn = batch_clips(batch, torch.device("cpu"), p.augment_device)
+        ka = own_key_clip(batch) if own_key else avid_key_clip(batch, torch.device("cpu"), p.augment_device)
+        out = pm(q, kp, kn, target, batch["video_index"], ka)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
