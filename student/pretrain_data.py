@@ -174,12 +174,16 @@ class PretrainClipDataset(Dataset):
             key_params = with_colour_of(key_params, q_params)
         finish = self.augment.geometry if self.augment_device == "gpu" else self.augment.apply
         q = finish(take(idx_q), q_params)
-        kp = finish(take(idx_p), key_params)
         kn = finish(take(idx_n), key_params)
         avid_key: dict[str, Any] = {}
-        if self.avid_key:  # gpu: key_pos's uint8 crop is coloured again on the device with this draw
-            avid_key = ({"avid_colour": colour_vector(avid_params)} if self.augment_device == "gpu" else
-                        {"key_avid": self.augment.apply(take(idx_p), avid_params).clip})
+        if self.avid_key and self.augment_device == "cpu":  # one crop of the key window, two colour draws
+            kp_crop = self.augment.geometry(take(idx_p), key_params)
+            kp = self.augment.finish(kp_crop, key_params)
+            avid_key = {"key_avid": self.augment.finish(kp_crop, avid_params).clip}
+        else:
+            kp = finish(take(idx_p), key_params)
+            if self.avid_key:  # gpu: key_pos's uint8 crop is coloured again on the device with this draw
+                avid_key = {"avid_colour": colour_vector(avid_params)}
         if self.cache is not None:
             clip_id = video.clip_ids[video.frames.index(choice.query_anchor)]
             target = self.cache.target(clip_id, q.box, q.flip, (self.parse_size, self.parse_size))

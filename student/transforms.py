@@ -170,6 +170,14 @@ class ClipAugment:
         clip = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2)))  # (3, T, s, s)
         return AugmentedClip(clip=clip, box=cb.normalised(fh, fw), flip=params.flip)
 
+    def finish(self, geo: AugmentedClip, params: ClipAugParams) -> AugmentedClip:
+        """The colour and normalisation of :meth:`apply` on :meth:`geometry`'s uint8 clip, so that one crop
+        can take two colour draws (the A-VID key beside key_pos): equal to ``apply(frames, params)``."""
+        x = geo.clip.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, s, s)
+        x = self._colour(x, params)
+        x = (x - self.mean) / self.std
+        return AugmentedClip(clip=x.permute(1, 0, 2, 3).contiguous(), box=geo.box, flip=geo.flip)
+
     def _resize(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
         if (h, w) == (self.size, self.size):

@@ -415,9 +415,11 @@ def test_avid_key_is_key_pos_with_the_keys_own_colour_draw(shared: bool) -> None
                                                     reader=FakeReader(), augment=aug, augment_device=dev,
                                                     shared_colour=s, avid_own_colour=own)
     cpu, gpu, ref = make("cpu", shared, True), make("gpu", shared, True), make("cpu", False, False)
+    plain = make("cpu", shared, False)  # the same items without the A-VID key: key_pos must not change
     for i in range(3):
         for epoch in range(3):
             item, gitem, base = cpu[(epoch, i)], gpu[(epoch, i)], ref[(epoch, i)]
+            assert torch.equal(item["key_pos"], plain[(epoch, i)]["key_pos"])
             if not shared:
                 assert "key_avid" not in item and "avid_colour" not in gitem
                 assert avid_key_clip(default_collate([gitem]), torch.device("cpu"), "gpu") is None
