@@ -115,7 +115,7 @@ def build_pretrain_model(model_cfg: ModelConfig, cfg: PretrainConfig, num_parts:
                          momentum=cfg.moco_momentum,
                          tau=cfg.temperature, margin=cfg.margin, lambda_kd=cfg.lambda_kd, lambda_m=cfg.lambda_m,
                          lambda_a=cfg.lambda_a, exclude_same_video=cfg.exclude_same_video,
-                         decoder_upscale=m.decoder_upscale)
+                         decoder_upscale=m.decoder_upscale, avid_projection=cfg.avid_projection)
 
 
 def warn_queue_size(queue_size: int, videos: int, exclude_same_video: bool) -> None:
@@ -177,7 +177,8 @@ _RESUME_KEYS = ("model", "clips")
 _RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "slow_modules",
                              "slow_lr_ratio", "lambda_kd", "lambda_m", "lambda_a", "queue_size", "exclude_same_video",
                              "moco_momentum", "temperature", "margin", "crop_area", "seed", "max_steps_per_epoch",
-                             "jitter", "jitter_p", "grayscale_p", "shared_colour", "avid_own_colour")
+                             "jitter", "jitter_p", "grayscale_p", "shared_colour", "avid_own_colour",
+                             "avid_projection")
 
 
 def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], world: int, spe: int) -> None:

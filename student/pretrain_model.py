@@ -17,6 +17,8 @@ Per step (``forward``):
 With an A-VID key (``key_avid``: the positive key's window and crop with its own colour draw, for
 ``pretrain.avid_own_colour``), A-VID takes it for both of its positives and it is the key enqueued;
 RSP keeps key_pos and key_neg. One more key-encoder pass per step.
+With ``avid_projection`` the heads read z_c through ``student.grad_surgery.split_projected``: per sample,
+the A-VID gradient loses its component along the RSP gradient where they conflict.
 The update in 2 reads only the query encoder's current weights, so a resumed checkpoint replays
 exactly. ``eval()`` computes the same losses and changes no state.
 """
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from pipeline.core.distributed import all_gather_tensor
+from student.grad_surgery import split_projected
 from student.losses import avid_loss, kd_loss, rsp_loss
 from student.model import MultiTaskStudent
 from student.moco import KeyQueue, MomentumEncoder, batch_shuffle_ddp, batch_unshuffle_ddp
@@ -38,7 +41,8 @@ class PretrainModel(nn.Module):
                  parse_size: int = 28, kd: bool = True, task_dependent: bool = True, proj_dim: int = 128,
                  decoder_channels: int | None = None, queue_size: int = 16384, momentum: float = 0.999,
                  tau: float = 0.07, margin: float = 2.0, lambda_kd: float = 1.0, lambda_m: float = 1.0,
-                 lambda_a: float = 1.0, exclude_same_video: bool = True, decoder_upscale: int = 1) -> None:
+                 lambda_a: float = 1.0, exclude_same_video: bool = True, decoder_upscale: int = 1,
+                 avid_projection: bool = False) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"PretrainModel: momentum must be in [0, 1], got {momentum}")
@@ -49,6 +53,7 @@ class PretrainModel(nn.Module):
         self.queue = KeyQueue(proj_dim, queue_size)
         self.momentum, self.tau, self.margin = momentum, tau, margin
         self.exclude_same_video = exclude_same_video
+        self.avid_projection = avid_projection
         self.lambda_kd, self.lambda_m, self.lambda_a = lambda_kd, lambda_m, lambda_a
 
     @property
@@ -83,6 +88,9 @@ class PretrainModel(nn.Module):
         if self.kd and teacher_target is None:
             raise ValueError("PretrainModel: kd=True needs teacher_target (B, num_parts, S, S)")
         out = self.student(query)
+        if self.avid_projection:  # the heads again, on copies of z_c whose backward projects A-VID off RSP
+            z_m, z_a = split_projected(out["z_c"])  # type: ignore[arg-type]
+            out["emb_m"], out["emb_a"] = self.student.g_m(z_m), self.student.g_a(z_a)
         if self.training:  # MoCo's order: the key encoder moves towards the query encoder, then encodes
             s = self.student
             self.key_encoder.update(s.f_l, s.h_c, s.g_m, s.g_a, self.momentum)

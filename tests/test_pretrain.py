@@ -293,10 +293,11 @@ def test_interrupted_and_resumed_run_ends_with_identical_state(toy, tmp_path: Pa
 
 @pytest.mark.parametrize("augment_device", ["cpu", "gpu"])
 def test_avid_own_colour_and_slow_modules_resume_exactly(toy, tmp_path: Path, augment_device: str) -> None:
-    """The A-VID key (an extra clip per item) and the slow parameter group go through an interrupted and
-    resumed run to the same state as an uninterrupted one; a changed ratio refuses to resume."""
+    """The A-VID key (an extra clip per item), the slow parameter group and the A-VID gradient projection go
+    through an interrupted and resumed run to the same state as an uninterrupted one; a changed ratio or
+    projection refuses to resume."""
     cfg = dataclasses.replace(CFG, shared_colour=True, avid_own_colour=True, slow_modules=["h_c", "g_a"],
-                              slow_lr_ratio=0.1, augment_device=augment_device)
+                              slow_lr_ratio=0.1, avid_projection=True, augment_device=augment_device)
     run(toy, tmp_path / "full", cfg)
 
     def sigterm_after_3(info: StepInfo) -> None:
@@ -314,6 +315,8 @@ def test_avid_own_colour_and_slow_modules_resume_exactly(toy, tmp_path: Path, au
     assert [g["lr"] for g in a["optimizer"]["param_groups"]] == pytest.approx([end, 0.1 * end])
     with pytest.raises(CheckpointError, match="slow_lr_ratio"):
         run(toy, tmp_path / "resumed", dataclasses.replace(cfg, slow_lr_ratio=0.5))
+    with pytest.raises(CheckpointError, match="avid_projection"):
+        run(toy, tmp_path / "resumed", dataclasses.replace(cfg, avid_projection=False))
 
 
 def test_resume_refuses_a_checkpoint_from_another_configuration(toy, tmp_path: Path) -> None:

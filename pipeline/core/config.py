@@ -221,6 +221,8 @@ class PretrainConfig:
         avid_own_colour: with shared_colour, A-VID's key keeps the key's own colour draw (so appearance
             discrimination cannot match colours) while RSP keeps the shared one; one more key-encoder pass per
             step. No effect without shared_colour.
+        avid_projection: per sample, the A-VID gradient on the contrastive features z_c loses its component
+            along the RSP gradient where the two conflict (student/grad_surgery.py); losses unchanged.
         heldout_videos (videos): the pretext tasks are measured on at most this many videos never pretrained
             on (student/pretext_eval.py; 0: off), before training and at the end.
         heldout_every (epochs): also measure them every this many epochs (0: only before and at the end).
@@ -262,6 +264,7 @@ class PretrainConfig:
     grayscale_p: float = _opt(0.2, min=0.0, max=1.0)
     shared_colour: bool = _opt(False)
     avid_own_colour: bool = _opt(False)
+    avid_projection: bool = _opt(False)
     heldout_videos: int = _opt(128, min=0)
     heldout_every: int = _opt(0, min=0)
     seed: int = _opt(0)
