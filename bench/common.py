@@ -97,15 +97,16 @@ class Bench:
               f"gpu {gpu_name() or 'none'}", flush=True)
 
     def write(self, figures: dict[str, Any], out: Path | None = None, notes: Sequence[str] = ()) -> Path:
-        record = OrderedDict(
-            benchmark=self.name, description=self.description, machine=machine(self.load_start),
+        machine_end = machine(self.load_start)
+        record: OrderedDict[str, Any] = OrderedDict(
+            benchmark=self.name, description=self.description, machine=machine_end,
             versions=versions(), settings=self.settings, figures=figures, notes=list(notes),
             seconds_total=round(time.perf_counter() - self.t0, 2), time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         path = out or RESULTS / f"{self.name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
-        print(f"[{self.name}] load at end {record['machine']['load_avg_1_5_15_end']}; "
+        print(f"[{self.name}] load at end {machine_end['load_avg_1_5_15_end']}; "
               f"{record['seconds_total']} s; wrote {path}", flush=True)
         return path
 
@@ -206,7 +207,7 @@ class GpuSampler:
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.samples: list[float] = []
-        self.source = None
+        self.source: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -3,7 +3,7 @@
 Each run directory (``WORK/pretrain/<dataset>/<id>``) gives its seed (``config.toml``) and the first and
 last ``heldout`` records of its ``metrics.jsonl``: the untrained network and the pretrained student
 (student/pretext_eval.py). A recipe is ``NAME=section.key=value,...``: the runs whose config.toml has
-those values (a key the run's config does not write counts as not matching). Printed: one row per
+those values (a key the run's config does not write counts as the key's dataclass default). Printed: one row per
 run, each recipe's mean, and each later recipe minus the first, paired by seed, with the 95 %
 Student t-interval (``*`` when it excludes 0).
 
@@ -14,6 +14,7 @@ Student t-interval (``*`` when it excludes 0).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -24,6 +25,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_synthetic import HELDOUT, t_interval  # noqa: E402
 from common import Bench, print_table  # noqa: E402
+
+from pipeline.core.config import Config  # noqa: E402
 
 
 def parse_recipe(spec: str) -> tuple[str, dict[str, Any]]:
@@ -50,9 +53,12 @@ def read_run(run: Path) -> dict[str, Any] | None:
 
 
 def matches(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """A key the run's config.toml does not write (a run built before the key existed) counts as the key's
+    dataclass default: a new key's default keeps the old behaviour."""
+    defaults = dataclasses.asdict(Config())
     for key, value in wanted.items():
         section, _, name = key.partition(".")
-        if config.get(section, {}).get(name, object()) != value:
+        if config.get(section, {}).get(name, defaults.get(section, {}).get(name, object())) != value:
             return False
     return True
 

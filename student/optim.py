@@ -84,6 +84,18 @@ class CosineFactor:
         return self.final_ratio + (1.0 - self.final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+class PhasedCosineFactor(CosineFactor):
+    """The cosine multiplier, times ``before`` for steps below ``start_step``: a parameter group that runs at
+    another rate until a phase starts (pretrain.avid_start_epoch: the slow group at the full rate first)."""
+
+    def __init__(self, total_steps: int, start_step: int, before: float, final_ratio: float = 1e-3) -> None:
+        super().__init__(total_steps, final_ratio)
+        self.start_step, self.before = int(start_step), float(before)
+
+    def __call__(self, step: int) -> float:
+        return super().__call__(step) * (self.before if step < self.start_step else 1.0)
+
+
 class MultiStepFactor:
     """lr multiplier at step k: ``gamma`` to the number of milestones (in steps) already passed."""
 
@@ -99,6 +111,14 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, final_ra
     """Per-iteration cosine decay to ``lr * final_ratio`` (RSPNet: lr/1000);
     call ``.step()`` after each optimizer step."""
     return LambdaLR(optimizer, CosineFactor(total_steps, final_ratio))
+
+
+def phased_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, start_step: int,
+                           last_group_before: float, final_ratio: float = 1e-3) -> LambdaLR:
+    """``cosine_schedule``, with the last parameter group's rate times ``last_group_before`` until ``start_step``."""
+    factors: list[Any] = [CosineFactor(total_steps, final_ratio) for _ in optimizer.param_groups[:-1]]
+    factors.append(PhasedCosineFactor(total_steps, start_step, last_group_before, final_ratio))
+    return LambdaLR(optimizer, factors)
 
 
 def multistep_schedule(optimizer: torch.optim.Optimizer, milestones_steps: Sequence[int],

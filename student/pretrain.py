@@ -40,7 +40,7 @@ from pipeline.core.runtime import (all_reduce_mean, autocast, deterministic_mode
                               stop_flag_group, wrap_ddp)
 from student.checkpointing import (GracefulStop, TrainingInterrupted, capture_rng, load_checkpoint, non_finite_loss,
                                    restore_rng, save_checkpoint)
-from student.optim import build_adamw, build_sgd, cosine_schedule, current_lr, scaled_lr
+from student.optim import build_adamw, build_sgd, cosine_schedule, current_lr, phased_cosine_schedule, scaled_lr
 from student.pretrain_data import (PretrainClipDataset, build_pretrain_loader, clips_with_maps, shutdown_workers,
                                   steps_per_epoch)
 from student.gpu_augment import avid_key_clip, batch_clips
@@ -178,7 +178,7 @@ _RESUME_PRETRAIN_SEMANTIC = ("epochs", "batch_size", "optimizer", "lr", "momentu
                              "slow_lr_ratio", "lambda_kd", "lambda_m", "lambda_a", "queue_size", "exclude_same_video",
                              "moco_momentum", "temperature", "margin", "crop_area", "seed", "max_steps_per_epoch",
                              "jitter", "jitter_p", "grayscale_p", "shared_colour", "avid_own_colour",
-                             "avid_projection")
+                             "avid_projection", "avid_start_epoch")
 
 
 def _check_resumable(state: dict[str, Any], path: Path, config: dict[str, Any], world: int, spe: int) -> None:
@@ -340,7 +340,11 @@ def _build(model_cfg: ModelConfig, cfg: PretrainConfig, data: _Data, dist: DistI
         base_lr = scaled_lr(cfg.lr, global_batch)
         optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay, cfg.slow_modules,
                               cfg.slow_lr_ratio)
-    scheduler = cosine_schedule(optimizer, data.total_steps)
+    if cfg.avid_start_epoch and cfg.slow_modules:  # the slow group at the full rate until A-VID starts
+        scheduler = phased_cosine_schedule(optimizer, data.total_steps, cfg.avid_start_epoch * data.spe,
+                                           1.0 / cfg.slow_lr_ratio)
+    else:
+        scheduler = cosine_schedule(optimizer, data.total_steps)
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     memory_format = clip_memory_format(device, dtype)
@@ -488,6 +492,7 @@ class _Loop:
         try:
             with GracefulStop() as stop:
                 for epoch in range(self.start_epoch, self.cfg.epochs):
+                    self.net.pm.lambda_a = self.cfg.lambda_a if epoch >= self.cfg.avid_start_epoch else 0.0
                     self.train_epoch(epoch, self.start_step if epoch == self.start_epoch else 0, stop)
                     self.end_epoch(epoch)
                     every = self.cfg.heldout_every

@@ -175,6 +175,50 @@ def test_slow_modules_train_at_a_fraction_of_the_rate_through_the_schedule(build
         build(MultiTaskStudent("c3d", width=0.125, kd=False), 0.2, slow_modules=["g_h"])
 
 
+def test_phased_schedule_runs_the_last_group_at_another_rate_until_its_start() -> None:
+    from student.optim import phased_cosine_schedule
+
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.2)
+    sched = phased_cosine_schedule(opt, total_steps=6, start_step=2, last_group_before=10.0)
+    ratios = []
+    for _ in range(6):
+        ratios.append(opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert ratios == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.1, 0.1])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * 1e-3)  # the cosine's end, as cosine_schedule
+
+
+def test_avid_starts_at_its_epoch_with_the_slow_group(toy, tmp_path: Path) -> None:
+    """pretrain.avid_start_epoch = 1: in epoch 0 the loss has no A-VID term and h_c, g_a run at the full rate; from
+    epoch 1 on, A-VID at lambda_a and the slow group at lr × ratio."""
+    cfg = dataclasses.replace(CFG, lambda_a=0.5, slow_modules=["h_c", "g_a"], slow_lr_ratio=0.1, avid_start_epoch=1)
+    seen: list[tuple[int, float]] = []
+    run(toy, tmp_path, cfg, on_step=lambda info: seen.append((info.epoch, info.model.lambda_a)))
+    assert seen == [(0, 0.0), (0, 0.0), (1, 0.5), (1, 0.5)]
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if r.get("event") == "step"]
+    for r in steps:
+        avid = 0.5 * r["loss_avid"] if r["epoch"] >= 1 else 0.0
+        assert r["loss"] == pytest.approx(cfg.lambda_kd * r["loss_kd"] + cfg.lambda_m * r["loss_rsp"] + avid, rel=1e-5)
+        assert r["loss_avid"] > 0
+
+    def stop_after_1(info: StepInfo) -> None:
+        if info.global_step == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):  # inside epoch 0: the slow group still at the full rate
+        run(toy, tmp_path / "early", cfg, on_step=stop_after_1)
+    rest, slow = load_checkpoint(tmp_path / "early" / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    assert slow["lr"] == pytest.approx(rest["lr"]) and rest["lr"] < scaled_lr(cfg.lr, cfg.batch_size)
+    with pytest.raises(ConfigError, match="avid_start_epoch 16 must be below pretrain.epochs 16"):
+        load_config(overrides=["pretrain.avid_start_epoch=16"])
+    with pytest.raises(ConfigError, match="needs pretrain.slow_lr_ratio > 0"):
+        load_config(overrides=["pretrain.avid_start_epoch=2", "pretrain.slow_modules=['h_c']",
+                               "pretrain.slow_lr_ratio=0"])
+
+
 def test_slow_modules_are_checked_where_the_config_is_read() -> None:
     cfg = load_config(overrides=["pretrain.slow_modules=['h_c', 'g_a']", "pretrain.slow_lr_ratio=0.1"])
     assert cfg.pretrain.slow_modules == ["h_c", "g_a"] and cfg.pretrain.slow_lr_ratio == 0.1
@@ -293,11 +337,12 @@ def test_interrupted_and_resumed_run_ends_with_identical_state(toy, tmp_path: Pa
 
 @pytest.mark.parametrize("augment_device", ["cpu", "gpu"])
 def test_avid_own_colour_and_slow_modules_resume_exactly(toy, tmp_path: Path, augment_device: str) -> None:
-    """The A-VID key (an extra clip per item), the slow parameter group and the A-VID gradient projection go
-    through an interrupted and resumed run to the same state as an uninterrupted one; a changed ratio or
-    projection refuses to resume."""
+    """The A-VID key (an extra clip per item), the slow parameter group, the A-VID gradient projection and an
+    A-VID phase that starts at epoch 1 (the run is interrupted inside it) go through an interrupted and resumed
+    run to the same state as an uninterrupted one; a changed ratio or projection refuses to resume."""
     cfg = dataclasses.replace(CFG, shared_colour=True, avid_own_colour=True, slow_modules=["h_c", "g_a"],
-                              slow_lr_ratio=0.1, avid_projection=True, augment_device=augment_device)
+                              slow_lr_ratio=0.1, avid_projection=True, avid_start_epoch=1,
+                              augment_device=augment_device)
     run(toy, tmp_path / "full", cfg)
 
     def sigterm_after_3(info: StepInfo) -> None:

@@ -221,6 +221,8 @@ class PretrainConfig:
         avid_own_colour: with shared_colour, A-VID's key keeps the key's own colour draw (so appearance
             discrimination cannot match colours) while RSP keeps the shared one; one more key-encoder pass per
             step. No effect without shared_colour.
+        avid_start_epoch (epochs): before this epoch A-VID weighs 0 and slow_modules train at the full rate
+            (relative speed starts learning first); from it on, lambda_a and slow_lr_ratio apply. 0: from the start.
         avid_projection: per sample, the A-VID gradient on the contrastive features z_c loses its component
             along the RSP gradient where the two conflict (student/grad_surgery.py); losses unchanged.
         heldout_videos (videos): the pretext tasks are measured on at most this many videos never pretrained
@@ -265,6 +267,7 @@ class PretrainConfig:
     shared_colour: bool = _opt(False)
     avid_own_colour: bool = _opt(False)
     avid_projection: bool = _opt(False)
+    avid_start_epoch: int = _opt(0, min=0)
     heldout_videos: int = _opt(128, min=0)
     heldout_every: int = _opt(0, min=0)
     seed: int = _opt(0)
@@ -731,6 +734,12 @@ def _check_consistency(cfg: Config, where: str) -> None:
     if not cfg.model.kd and {"h_h", "g_h"} & set(cfg.pretrain.slow_modules):
         raise ConfigError(f"{where}: pretrain.slow_modules names the human-prior branch (h_h, g_h), which "
                           f"model.kd = false leaves out")
+    if cfg.pretrain.avid_start_epoch >= cfg.pretrain.epochs:
+        raise ConfigError(f"{where}: pretrain.avid_start_epoch {cfg.pretrain.avid_start_epoch} must be below "
+                          f"pretrain.epochs {cfg.pretrain.epochs} (A-VID would never train)")
+    if cfg.pretrain.avid_start_epoch and cfg.pretrain.slow_modules and cfg.pretrain.slow_lr_ratio == 0:
+        raise ConfigError(f"{where}: pretrain.avid_start_epoch > 0 trains slow_modules at the full rate first, "
+                          f"which needs pretrain.slow_lr_ratio > 0 (0 freezes them)")
     jit = cfg.pretrain.jitter
     if len(jit) != 4 or min(jit) < 0 or jit[3] > 0.5:
         raise ConfigError(f"{where}: pretrain.jitter must be [brightness, contrast, saturation, hue], each >= 0 "
