@@ -327,10 +327,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.redraw is not None:
         result = json.loads(args.redraw.read_text())["figures"]
-        runs, chance = result["runs"], result.get("chance_top1")
-        variants = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
-        print_tables(runs, variants, result.get("classes") or 1, sorted({r["seed"] for r in runs}))
-        written = draw(runs, args.redraw.with_suffix(""), chance)
+        saved, chance = result["runs"], result.get("chance_top1")
+        variants = [v for v in VARIANTS if any(r["variant"] == v for r in saved)]
+        print_tables(saved, variants, result.get("classes") or 1, sorted({r["seed"] for r in saved}))
+        written = draw(saved, args.redraw.with_suffix(""), chance)
         print(f"wrote {', '.join(map(str, written))}")
         return
     seeds = args.seeds[:2] if args.quick else args.seeds

@@ -137,6 +137,9 @@ def run(work: Path, overrides: list[str], steps: int, every: int, hs_cache: dict
         hs_cache["hs"] = heldout_set(cfg, data)
     hs = hs_cache["hs"]
     p = cfg.pretrain
+    if p.avid_start_epoch:
+        sys.exit("avid_diagnosis: pretrain.avid_start_epoch is not modelled by this bench's loop; measure it with "
+                 "`pipeline pretrain` (its held-out records)")
     seed_all(p.seed)
     pm = build_pretrain_model(cfg.model, p, len(data.label_names), p.batch_size)
     slow, ratio = (slow_parts.split("+"), float(slow_lr) / p.lr) if slow_lr is not None else (p.slow_modules,
