@@ -341,6 +341,9 @@ def _build(model_cfg: ModelConfig, cfg: PretrainConfig, data: _Data, dist: DistI
         optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay, cfg.slow_modules,
                               cfg.slow_lr_ratio)
     if cfg.avid_start_epoch and cfg.slow_modules:  # the slow group at the full rate until A-VID starts
+        if cfg.slow_lr_ratio <= 0:
+            raise ValueError("pretrain.avid_start_epoch > 0 trains slow_modules at the full rate first, which needs "
+                             "pretrain.slow_lr_ratio > 0 (0 freezes them)")
         scheduler = phased_cosine_schedule(optimizer, data.total_steps, cfg.avid_start_epoch * data.spe,
                                            1.0 / cfg.slow_lr_ratio)
     else:

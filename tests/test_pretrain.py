@@ -212,6 +212,8 @@ def test_avid_starts_at_its_epoch_with_the_slow_group(toy, tmp_path: Path) -> No
         run(toy, tmp_path / "early", cfg, on_step=stop_after_1)
     rest, slow = load_checkpoint(tmp_path / "early" / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert slow["lr"] == pytest.approx(rest["lr"]) and rest["lr"] < scaled_lr(cfg.lr, cfg.batch_size)
+    with pytest.raises(ValueError, match="needs pretrain.slow_lr_ratio > 0"):  # a library call, past load_config
+        run(toy, tmp_path / "frozen", dataclasses.replace(cfg, slow_lr_ratio=0.0))
     with pytest.raises(ConfigError, match="avid_start_epoch 16 must be below pretrain.epochs 16"):
         load_config(overrides=["pretrain.avid_start_epoch=16"])
     with pytest.raises(ConfigError, match="needs pretrain.slow_lr_ratio > 0"):
