@@ -41,6 +41,8 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, Any]]:
     return name, wanted
 
 
+DEFAULTS = dataclasses.asdict(Config())  # every key's dataclass default, by section
+
 # The RSP ranking loss sits at its margin (2.0) while the same- and other-speed keys score alike; the first
 # epoch whose training-batch mean falls below this is when relative speed starts to be learnt (a diagnostic).
 RSP_ONSET_LOSS = 1.9
@@ -65,10 +67,9 @@ def read_run(run: Path) -> dict[str, Any] | None:
 def matches(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """A key the run's config.toml does not write (a run built before the key existed) counts as the key's
     dataclass default: a new key's default keeps the old behaviour."""
-    defaults = dataclasses.asdict(Config())
     for key, value in wanted.items():
         section, _, name = key.partition(".")
-        if config.get(section, {}).get(name, defaults.get(section, {}).get(name, object())) != value:
+        if config.get(section, {}).get(name, DEFAULTS.get(section, {}).get(name, object())) != value:
             return False
     return True
 
