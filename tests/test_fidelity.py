@@ -560,7 +560,7 @@ def _other_value(where: tuple[str, str], f: dataclasses.Field, value, files: dic
                ("clips", "speeds"): [1, 3], ("clips", "splits"): ["train", "val"],
                ("teacher", "checkpoint"): files["other"], ("pretrain", "init_from"): files["other"],
                ("pretrain", "dataset"): "hmdb51", ("pretrain", "crop_area"): [0.5, 0.9],
-               ("pretrain", "jitter"): [0.2, 0.2, 0.2, 0.1], ("pretrain", "slow_modules"): ["h_c", "g_a"],
+               ("pretrain", "jitter"): [0.2, 0.2, 0.2, 0.1], ("pretrain", "slow_modules"): ["h_c"],
                ("finetune", "dataset"): "ucf101", ("finetune", "protocol"): "rspnet",
                ("finetune", "crop_area"): [0.3, 0.9], ("finetune", "milestones"): [2, 3],
                ("retrieval", "dataset"): "hmdb51", ("retrieval", "ks"): [1, 5],
