@@ -58,6 +58,7 @@ from common import RESULTS, Bench, print_table  # noqa: E402
 
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
+from pipeline.stats import t975  # noqa: E402
 
 VARIANTS = {
     "scratch": ["finetune.from_scratch=true",
@@ -73,9 +74,6 @@ QUICK = ["synthetic.kinetics_per_class=4", "synthetic.hmdb_per_class=6", "synthe
          "synthetic.frames=24", "pretrain.epochs=1", "pretrain.max_steps_per_epoch=2", "finetune.epochs=1",
          "evaluate.clips=2"]
 QUICK_VARIANTS = ["scratch", "full"]
-# two-sided 95 % Student t quantiles t_{0.975, df}, df = 1 .. 30 (beyond: the normal 1.96)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 # full − X isolates one part of the model (the paper's Table 2 reading)
 FULL_AGAINST = (("kd_only", "the contrastive tasks (RSP + A-VID)"), ("wo_kd", "the human prior (KD)"),
                 ("ti", "task-dependent high-level encoders"))
@@ -234,7 +232,7 @@ def t_interval(values: list[float]) -> tuple[float, float, float] | None:
     if n < 2:
         return None
     m, sd = mean_std(values)
-    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * sd / math.sqrt(n)
+    half = t975(n - 1) * sd / math.sqrt(n)
     return m, m - half, m + half
 
 

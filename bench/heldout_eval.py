@@ -5,7 +5,7 @@ them for a stage built before that existed, or with another number of held-out v
 same code (student/pretext_eval.py): the run's student.pt loaded whole, and the untrained network
 as pretraining initialises it for the same seed.
 
-    python bench/heldout_eval.py --work /tmp/w [--set key=value ...] [--videos 140]
+    python bench/heldout_eval.py --work /tmp/w [--set key=value ...] [--videos 140] [--views 8]
 """
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def main() -> None:
                     "config's, in --work)")
     ap.add_argument("--manifest-dir", type=Path, default=None, help="its manifest folder (default: the config's)")
     ap.add_argument("--videos", type=int, default=0, help="held-out videos (default: pretrain.heldout_videos)")
+    ap.add_argument("--views", type=int, default=0, help="items per video (default: pretrain.heldout_views)")
     args = ap.parse_args()
     cfg = load_config(overrides=args.overrides)
     graph = StageGraph(cfg, args.work)
@@ -70,13 +71,14 @@ def main() -> None:
     entries = heldout_entries(manifest, cfg.clips.splits, args.videos or cfg.pretrain.heldout_videos)
     teacher = teacher_for_heldout(cfg.teacher, "cpu") if cfg.model.kd else None
     hs = build_heldout_set(manifest, entries, clip_len=cfg.clips.clip_len, speeds=cfg.clips.speeds,
-                           input_size=cfg.model.input_size, crop_area=cfg.pretrain.crop_area, teacher=teacher)
+                           input_size=cfg.model.input_size, crop_area=cfg.pretrain.crop_area, teacher=teacher,
+                           views=args.views or cfg.pretrain.heldout_views)
     trained, meta = load_pretrained_student(pretrain_dir)
     seed_all(cfg.pretrain.seed)
     untrained = build_pretrain_model(cfg.model, cfg.pretrain, int(meta.get("num_parts", 7))).student
     figures = {"trained": evaluate_pretext(trained, hs), "untrained": evaluate_pretext(untrained, hs)}
     print(f"trained:   {describe(figures['trained'])}\nuntrained: {describe(figures['untrained'])}")
-    out: dict[str, Any] = {"pretrain_dir": str(pretrain_dir), "videos": len(hs), **figures}
+    out: dict[str, Any] = {"pretrain_dir": str(pretrain_dir), "videos": len(hs), "views": hs.views, **figures}
     if hs.teacher is not None:
         out["kd_loss"] = {"trained": round(kd_cross_entropy(trained, hs), 4),
                           "untrained": round(kd_cross_entropy(untrained, hs), 4), **kd_floor(hs)}

@@ -31,4 +31,5 @@ def heldout_set(cfg: Any, data: Any) -> HeldoutSet:
     """The pretrain stage's held-out videos (student/pretext_eval.py), decoded and cropped once."""
     entries = heldout_entries(data.manifest, cfg.clips.splits, cfg.pretrain.heldout_videos)
     return build_heldout_set(data.manifest, entries, clip_len=cfg.clips.clip_len, speeds=cfg.clips.speeds,
-                             input_size=cfg.model.input_size, crop_area=cfg.pretrain.crop_area)
+                             input_size=cfg.model.input_size, crop_area=cfg.pretrain.crop_area,
+                             views=cfg.pretrain.heldout_views)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -28,14 +27,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.core.plotting import new_figure, no_data, save_figure
+from pipeline.stats import t_interval
 
 LOSSES = (("loss_kd", "KD loss (soft cross-entropy)"), ("loss_rsp", "RSP loss (margin ranking)"),
           ("loss_avid", "A-VID loss (InfoNCE)"), ("loss", "total loss (weighted sum)"))
 RSP_CHANCE = 0.5
-# Student t quantile t_{0.975, df} for df = 1..30 (a 95 % two-sided interval); 1.96 beyond.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -101,10 +97,15 @@ def _accuracy_panel(ax: Any, steps: Sequence[Mapping[str, Any]], held: Sequence[
         ax.axhline(1.0 / (queue_size + 1), color=colours["pos"], ls=":", lw=0.9,
                    label=f"A-VID training chance 1/(K+1), K={queue_size}")
     if held:
-        xs, ys = _xy(held, "step", "rsp_acc")
-        ax.plot(xs, ys, "o", color=colours["rsp"], mec="black", ms=6, label="RSP, held-out videos")
-        xs, ys = _xy(held, "step", "avid_top1")
-        ax.plot(xs, ys, "s", color=colours["pos"], mec="black", ms=6, label="A-VID top-1, held-out videos")
+        views = int(held[-1].get("heldout_views") or 1)
+        bars = f" (± s.e. over {views} views)" if views > 1 else ""
+        for key, marker, colour, label in (("rsp_acc", "o", colours["rsp"], "RSP, held-out videos"),
+                                           ("avid_top1", "s", colours["pos"], "A-VID top-1, held-out videos")):
+            xs, ys = _xy(held, "step", key)
+            ax.plot(xs, ys, marker, color=colour, mec="black", ms=6, label=label + bars)
+            errs = [float(r.get(f"{key}_se") or 0.0) for r in held if isinstance(r.get(key), (int, float))]
+            if any(errs):
+                ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor="black", capsize=3, lw=0.9)
         chances = [float(r["avid_chance"]) for r in held if isinstance(r.get("avid_chance"), (int, float))]
         if chances:
             gallery = held[-1].get("avid_gallery", "N")
@@ -233,16 +234,6 @@ def parsing_figure(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], la
     handles = [Patch(facecolor=palette[k] / 255.0, edgecolor="0.5", label=name) for k, name in enumerate(label_names)]
     fig.legend(handles=handles, loc="outside right center", frameon=False, title="body part")
     return fig
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float | None]:
-    """(mean, half-width of the 95 % Student-t interval of the mean); None for fewer than 2 values."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None
-    df = len(values) - 1
-    t = _T975[df - 1] if df <= len(_T975) else 1.96
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def ablation_figure(rows: Iterable[Mapping[str, Any]], out_stem: Path | str, *, metrics: Sequence[str] = ("top1",),

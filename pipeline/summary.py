@@ -67,20 +67,39 @@ def _pretrain(s: dict[str, Any]) -> list[str]:
             f"({s.get('clips', '?')} clips), global batch {s.get('global_batch', '?')}, {s.get('device', '?')}",
             f"final loss {_num(final.get('loss'))}" + (f" ({losses})" if losses else "")
             + f"; {_num(s.get('clips_per_s'), 2)} clips/s; encoder in student.pt (pipeline export writes it for "
-              f"other codebases)"] + _heldout(s.get("heldout"), s.get("heldout_untrained"))
+              f"other codebases)"] + _heldout(s.get("heldout"), s.get("heldout_untrained"),
+                                                                    s.get("heldout_gain"))
 
 
-def _heldout(trained: dict[str, Any] | None, untrained: dict[str, Any] | None) -> list[str]:
-    """The held-out pretext figures (student/pretext_eval.py), each beside the untrained network's."""
+def _heldout(trained: dict[str, Any] | None, untrained: dict[str, Any] | None,
+             gain: dict[str, Any] | None = None) -> list[str]:
+    """The held-out pretext figures (student/pretext_eval.py), each beside the untrained network's, and the
+    paired gains over it with their 95 % intervals when measured over several views."""
     if not trained:
         return []
     u = untrained or {}
 
+    def value(fig: dict[str, Any], key: str) -> str:
+        se = fig.get(f"{key}_se")
+        return _num(fig.get(key)) + ("" if se is None else f" ± {_num(se)}")
+
     def pair(key: str) -> str:
-        return f"{_num(trained.get(key))} (untrained {_num(u.get(key))})"
+        return f"{value(trained, key)} (untrained {value(u, key)})"
+    views = int(trained.get("heldout_views") or 1)
+    per = f", {views} views per video, ± standard error" if views > 1 else ""
     return [f"held-out videos: RSP {pair('rsp_acc')}; A-VID top-1 {pair('avid_top1')} of {trained.get('avid_gallery')} "
-            f"(chance {_num(trained.get('avid_chance'))}); KD person IoU {pair('kd_person_iou')}, "
-            f"part mIoU {pair('kd_part_miou')}"]
+            f"(chance {_num(trained.get('avid_chance'))}{per}); KD person IoU {pair('kd_person_iou')}, "
+            f"part mIoU {pair('kd_part_miou')}"] + _gains(gain or {})
+
+
+def _gains(gain: dict[str, Any]) -> list[str]:
+    names = {"rsp_acc": "RSP", "avid_top1": "A-VID top-1"}
+    parts = [f"{names.get(k, k)} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for k, g in gain.items()
+             if isinstance(g, dict) and {"mean", "low", "high"} <= set(g)]
+    if not parts:
+        return []
+    views = next(iter(gain.values())).get("views", "?")
+    return [f"trained − untrained, paired over {views} views (95 % interval): " + "; ".join(parts)]
 
 
 def _finetune(s: dict[str, Any]) -> list[str]:

@@ -47,7 +47,7 @@ from student.gpu_augment import avid_key_clip, batch_clips
 from student.moco import trimmed_queue_size
 from student.pretrain_model import PretrainModel
 from student.pretext_eval import (FIGURES, HeldoutSet, build_heldout_set, describe, evaluate_pretext, heldout_entries,
-                                  teacher_for_heldout)
+                                  paired_gain, teacher_for_heldout)
 from student.transforms import ClipAugment
 
 log = logging.getLogger(__name__)
@@ -247,8 +247,9 @@ def _heldout_set(data: "_Data", model_cfg: ModelConfig, cfg: PretrainConfig, cli
     t0 = time.perf_counter()
     hs = build_heldout_set(data.manifest, entries, clip_len=clips.clip_len, speeds=clips.speeds,
                            input_size=model_cfg.input_size, crop_area=cfg.crop_area,
-                           teacher=teacher if model_cfg.kd else None)
-    log.info("pretrain: %d held-out videos prepared in %.1f s", len(hs), time.perf_counter() - t0)
+                           teacher=teacher if model_cfg.kd else None, views=cfg.heldout_views)
+    log.info("pretrain: %d held-out videos (%d views each) prepared in %.1f s", len(hs), hs.views,
+             time.perf_counter() - t0)
     return hs
 
 
@@ -621,5 +622,6 @@ class _Loop:
             "resumed_from": self.resumed_from, "num_parts": num_parts, "label_names": data.label_names,
             # on held-out videos (student/pretext_eval.py): the trained student and the untrained network
             "heldout": _figures(last), "heldout_untrained": _figures(first),
+            "heldout_gain": paired_gain(last, first),  # trained − untrained, paired by held-out view, 95 % interval
         }
 

@@ -176,3 +176,17 @@ def test_run_report_writes_png_and_svg_from_finished_stage_folders(tmp_path: Pat
     assert [p.name for p in written] == ["pretrain_curves.png", "pretrain_curves.svg", "finetune_curves.png",
                                          "finetune_curves.svg"]
     assert all(p.parent == tmp_path / "work" / "report" and p.stat().st_size > 1000 for p in written)
+
+
+def test_pretrain_figure_draws_the_heldout_standard_errors_when_measured_over_views():
+    rows = _pretrain_records(heldout=True)
+    for r in rows:
+        if r.get("event") == "heldout":
+            r.update(heldout_views=8, avid_top1_se=0.01 if r["step"] == 0 else 0.05, rsp_acc_se=0.02)
+    fig = pretrain_figure(rows)
+    acc = _axes_by_title(fig)["pretext accuracies"]
+    assert "A-VID top-1, held-out videos (± s.e. over 8 views)" in _legend_texts(acc)
+    spans = sorted(tuple(np.round(seg[:, 1], 4)) for coll in acc.collections for seg in coll.get_segments())
+    assert (0.01, 0.03) in spans and (0.25, 0.35) in spans  # A-VID 0.02 ± 0.01 and 0.3 ± 0.05
+    assert not any("s.e." in t for t in _legend_texts(_axes_by_title(pretrain_figure(
+        _pretrain_records(heldout=True)))["pretext accuracies"]))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from data_manifests.manifest import Manifest, VideoEntry
-from student.pretext_eval import (build_heldout_set, evaluate_pretext, heldout_entries, parsing_ious,
+from pipeline.core.errors import ConfigError
+from student.pretext_eval import (build_heldout_set, evaluate_pretext, heldout_entries, paired_gain, parsing_ious,
                                   retrieval_top1, rsp_accuracy)
 from student.model import MultiTaskStudent
 
@@ -108,3 +109,40 @@ def test_evaluate_pretext_restores_the_mode_and_reports_chance() -> None:
     assert fig["avid_gallery"] == 4 and fig["avid_chance"] == 0.25
     for k in ("rsp_acc", "avid_top1", "kd_person_iou", "kd_part_miou"):
         assert fig[k] is not None and 0.0 <= fig[k] <= 1.0 or np.isnan(fig[k]), k
+
+
+def test_views_add_items_and_keep_view_zero_of_a_one_view_set() -> None:
+    m = _manifest(8)
+    held = heldout_entries(m, ["train"], 8)
+    kw = dict(clip_len=4, speeds=[1, 2], input_size=16, crop_area=[0.4, 1.0], teacher=_Teacher(), reader=_Reader())
+    one, three = build_heldout_set(m, held, **kw), build_heldout_set(m, held, views=3, **kw)
+    assert three.views == 3 and len(three) == 4
+    assert three.query.shape == (12, 3, 4, 16, 16) and three.query_colour.shape[0] == 12
+    assert three.whole.shape == one.whole.shape and torch.equal(three.teacher, one.teacher)  # once per video
+    for name in ("query", "key_pos", "key_neg", "query_colour", "key_colour"):
+        assert torch.equal(getattr(three, name)[0::3], getattr(one, name)), name  # view 0 = the one-view items
+    assert not torch.equal(three.query_colour[0::3], three.query_colour[1::3])  # other views: new draws
+    # speeds alternate over views too: video 0 is at speed 1 in view 0, speed 2 in view 1
+    steps = [int(three.key_pos[i, 0, 1, 0, 0]) - int(three.key_pos[i, 0, 0, 0, 0]) for i in range(3)]
+    assert steps == [4, 8, 4]
+    with pytest.raises(ConfigError, match="at least one view"):
+        build_heldout_set(m, held, views=0, **kw)
+
+
+def test_evaluate_pretext_reports_per_view_figures_and_the_paired_gain() -> None:
+    m = _manifest(8)
+    hs = build_heldout_set(m, heldout_entries(m, ["train"], 8), clip_len=8, speeds=[1, 2], input_size=32,
+                           crop_area=[0.4, 1.0], views=4, reader=_Reader())
+    torch.manual_seed(0)
+    fig = evaluate_pretext(MultiTaskStudent("c3d", width=0.0625, num_parts=3, parse_size=4, proj_dim=8), hs)
+    assert fig["heldout_views"] == 4 and len(fig["avid_top1_views"]) == 4 and len(fig["rsp_acc_views"]) == 4
+    assert fig["avid_top1"] == pytest.approx(np.mean(fig["avid_top1_views"]), abs=1e-4)
+    assert fig["avid_top1_se"] == pytest.approx(np.std(fig["avid_top1_views"], ddof=1) / 2, abs=1e-4)
+    # the gain: differences paired by view, mean and 95 % t-interval (t_{0.975,3} = 3.182)
+    trained = {"avid_top1_views": [0.10, 0.12, 0.08, 0.10], "rsp_acc_views": [0.9, 0.8]}
+    untrained = {"avid_top1_views": [0.03, 0.03, 0.03, 0.03], "rsp_acc_views": [0.5]}
+    gain = paired_gain(trained, untrained)
+    half = 3.182 * np.std([0.07, 0.09, 0.05, 0.07], ddof=1) / 2
+    assert gain == {"avid_top1": {"mean": 0.07, "low": round(0.07 - half, 4), "high": round(0.07 + half, 4),
+                                  "views": 4}}  # RSP left out: its view counts differ
+    assert paired_gain({"avid_top1_views": [0.1]}, {"avid_top1_views": [0.0]}) == {}

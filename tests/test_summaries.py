@@ -79,3 +79,17 @@ def test_every_accuracy_and_recall_is_stated_beside_chance():
     assert lp[2] == "  weight decay 1.0 chosen on held-out 76 of the 380 train videos"
     assert lp[3] == "  video-level top-1 30.0% (chance 10.0%), top-5 70.0% (chance 50.0%) (train top-1 60.0%, " \
                     "held-out top-1 35.0%)"
+
+
+def test_pretrain_summary_states_heldout_figures_with_errors_and_the_paired_gain():
+    trained = {"rsp_acc": 0.857, "rsp_acc_se": 0.008, "avid_top1": 0.05, "avid_top1_se": 0.005, "avid_gallery": 140,
+               "avid_chance": 0.007143, "heldout_views": 8, "kd_person_iou": 0.61, "kd_part_miou": 0.22}
+    untrained = {**trained, "rsp_acc": 0.529, "avid_top1": 0.024, "avid_top1_se": 0.004, "kd_person_iou": 0.11}
+    gain = {"avid_top1": {"mean": 0.026, "low": 0.015, "high": 0.037, "views": 8}}
+    lines = summary_lines({"stage": "pretrain", "name": "k", "summary": {
+        "epochs": 2, "steps": 10, "videos": 5, "clips": 9, "global_batch": 4, "device": "cpu", "clips_per_s": 3.2,
+        "final": {"loss": 1.5}, "heldout": trained, "heldout_untrained": untrained, "heldout_gain": gain}}, Path("/p"))
+    held = next(x for x in lines if "held-out videos" in x)
+    assert "A-VID top-1 0.050 ± 0.005 (untrained 0.024 ± 0.004) of 140" in held and "8 views per video" in held
+    assert lines[-1].strip() == ("trained − untrained, paired over 8 views (95 % interval): "
+                                 "A-VID top-1 +0.026 [+0.015, +0.037]")

@@ -227,6 +227,8 @@ class PretrainConfig:
             along the RSP gradient where the two conflict (student/grad_surgery.py); losses unchanged.
         heldout_videos (videos): the pretext tasks are measured on at most this many videos never pretrained
             on (student/pretext_eval.py; 0: off), before training and at the end.
+        heldout_views (items per video): RSP and A-VID are averaged over this many independent items (clip
+            positions, crops, colours) per video, with their standard error; a small gallery needs several.
         heldout_every (epochs): also measure them every this many epochs (0: only before and at the end).
         seed: seed of sampling, augmentation and initialisation.
         init_from (path): start from these encoder weights (a student.pt or an RSPNet release) instead of random.
@@ -269,6 +271,7 @@ class PretrainConfig:
     avid_projection: bool = _opt(False)
     avid_start_epoch: int = _opt(0, min=0)
     heldout_videos: int = _opt(128, min=0)
+    heldout_views: int = _opt(1, min=1)
     heldout_every: int = _opt(0, min=0)
     seed: int = _opt(0)
     init_from: str = _opt("")
