@@ -32,7 +32,7 @@ from torch import nn
 
 from data_manifests.clip_plan import build_clip_plan
 from data_manifests.manifest import load_manifest
-from pipeline.core.config import ClipsConfig, ModelConfig, PretrainConfig
+from pipeline.core.config import ClipsConfig, ModelConfig, PretrainConfig, slow_phase_problem
 from pipeline.core.distributed import DistInfo, all_gather_objects, barrier, is_distributed
 from pipeline.core.errors import CheckpointError, TrainingError
 from pipeline.core.progress import MetricsLog, Progress
@@ -342,9 +342,8 @@ def _build(model_cfg: ModelConfig, cfg: PretrainConfig, data: _Data, dist: DistI
         optimizer = build_sgd(pm.student, base_lr, cfg.momentum, cfg.weight_decay, cfg.slow_modules,
                               cfg.slow_lr_ratio)
     if cfg.avid_start_epoch and cfg.slow_modules:  # the slow group at the full rate until A-VID starts
-        if cfg.slow_lr_ratio <= 0:
-            raise ValueError("pretrain.avid_start_epoch > 0 trains slow_modules at the full rate first, which needs "
-                             "pretrain.slow_lr_ratio > 0 (0 freezes them)")
+        if (problem := slow_phase_problem(cfg)) is not None:
+            raise ValueError(problem)
         scheduler = phased_cosine_schedule(optimizer, data.total_steps, cfg.avid_start_epoch * data.spe,
                                            1.0 / cfg.slow_lr_ratio)
     else:

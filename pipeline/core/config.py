@@ -711,6 +711,15 @@ def _test_sets(datasets: dict[str, Any], where: str) -> dict[str, dict[str, Data
 STUDENT_MODULES = ("f_l", "h_h", "g_h", "h_c", "g_m", "g_a")  # student/model.py, paper section 3
 
 
+def slow_phase_problem(p: PretrainConfig) -> str | None:
+    """Why ``avid_start_epoch`` cannot combine with this slow group (None when it can); checked at load time
+    and again by ``student.pretrain`` for library calls that build a PretrainConfig directly."""
+    if p.avid_start_epoch and p.slow_modules and p.slow_lr_ratio <= 0:
+        return ("pretrain.avid_start_epoch > 0 trains slow_modules at the full rate first, which needs "
+                "pretrain.slow_lr_ratio > 0 (0 freezes them)")
+    return None
+
+
 def _check_consistency(cfg: Config, where: str) -> None:
     if not cfg.clips.speeds or any(s < 1 for s in cfg.clips.speeds):
         raise ConfigError(f"{where}: clips.speeds must be a non-empty list of positive integers")
@@ -740,9 +749,8 @@ def _check_consistency(cfg: Config, where: str) -> None:
     if cfg.pretrain.avid_start_epoch >= cfg.pretrain.epochs:
         raise ConfigError(f"{where}: pretrain.avid_start_epoch {cfg.pretrain.avid_start_epoch} must be below "
                           f"pretrain.epochs {cfg.pretrain.epochs} (A-VID would never train)")
-    if cfg.pretrain.avid_start_epoch and cfg.pretrain.slow_modules and cfg.pretrain.slow_lr_ratio == 0:
-        raise ConfigError(f"{where}: pretrain.avid_start_epoch > 0 trains slow_modules at the full rate first, "
-                          f"which needs pretrain.slow_lr_ratio > 0 (0 freezes them)")
+    if (problem := slow_phase_problem(cfg.pretrain)) is not None:
+        raise ConfigError(f"{where}: {problem}")
     jit = cfg.pretrain.jitter
     if len(jit) != 4 or min(jit) < 0 or jit[3] > 0.5:
         raise ConfigError(f"{where}: pretrain.jitter must be [brightness, contrast, saturation, hue], each >= 0 "
