@@ -58,7 +58,7 @@ from common import RESULTS, Bench, print_table  # noqa: E402
 
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
-from pipeline.stats import t975  # noqa: E402
+from pipeline.core.stats import t975  # noqa: E402
 
 VARIANTS = {
     "scratch": ["finetune.from_scratch=true",

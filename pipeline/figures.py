@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.core.plotting import new_figure, no_data, save_figure
-from pipeline.stats import t_interval
+from pipeline.core.stats import t_interval
 
 LOSSES = (("loss_kd", "KD loss (soft cross-entropy)"), ("loss_rsp", "RSP loss (margin ranking)"),
           ("loss_avid", "A-VID loss (InfoNCE)"), ("loss", "total loss (weighted sum)"))

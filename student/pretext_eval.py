@@ -42,7 +42,7 @@ from data_manifests.clip_plan import clip_indices, window_indices
 from data_manifests.manifest import Manifest, VideoEntry
 from data_manifests.video import read_frames
 from pipeline.core.errors import ConfigError
-from pipeline.stats import t_interval
+from pipeline.core.stats import t_interval
 from student.gpu_augment import colour_batch
 from student.transforms import (COLOUR_FIELDS, IMAGENET_MEAN, IMAGENET_STD, ClipAugment, ClipAugParams, CropBox,
                                 colour_vector)
@@ -200,7 +200,7 @@ def parsing_ious(logits: torch.Tensor, teacher: torch.Tensor) -> tuple[float, fl
 
 @torch.no_grad()
 def evaluate_pretext(student: torch.nn.Module, hs: HeldoutSet, device: torch.device | str = "cpu",
-                     batch: int = 32, autocast: Callable[[], Any] | None = None) -> dict[str, float | int | None]:
+                     batch: int = 32, autocast: Callable[[], Any] | None = None) -> dict[str, Any]:
     """The held-out figures (:data:`FIGURES`) of ``student`` (a MultiTaskStudent); restores its train/eval mode."""
     import contextlib
 
@@ -220,7 +220,7 @@ def evaluate_pretext(student: torch.nn.Module, hs: HeldoutSet, device: torch.dev
     n, v = len(hs), hs.views
     rsp = [rsp_accuracy(q["emb_m"][i::v], kp["emb_m"][i::v], kn["emb_m"][i::v]) for i in range(v)]
     avid = [retrieval_top1(qa["emb_a"][i::v], ka["emb_a"][i::v]) for i in range(v)]
-    out: dict[str, float | int | None] = {
+    out: dict[str, Any] = {
         "rsp_acc": round(float(np.mean(rsp)), 4), "rsp_acc_se": _standard_error(rsp),
         "rsp_acc_views": [round(x, 4) for x in rsp],
         "avid_top1": round(float(np.mean(avid)), 4), "avid_top1_se": _standard_error(avid),
