@@ -130,6 +130,51 @@ def render_test_set_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PRETEXT_FIGURES = (("rsp_acc", "RSP: same-speed key closer (chance 0.5)"),
+                   ("avid_top1", "A-VID: own key retrieved, top-1"),
+                   ("kd_person_iou", "KD: person IoU against the teacher"),
+                   ("kd_part_miou", "KD: part mIoU against the teacher"))
+
+
+def pretext_rows(work: Path, stages: list[Stage]) -> list[dict]:
+    """One row per held-out pretext figure of every finished pretraining stage (student/pretext_eval.py):
+    the untrained network, the pretrained student, and their paired difference when measured over views."""
+    rows = []
+    for st in stages:
+        path = st.out_dir(work) / STAGE_FILE
+        if st.kind != "pretrain" or not path.is_file():
+            continue
+        s = json.loads(path.read_text(encoding="utf-8")).get("summary", {})
+        trained, untrained, gain = s.get("heldout") or {}, s.get("heldout_untrained") or {}, s.get("heldout_gain") or {}
+        for key, label in PRETEXT_FIGURES:
+            if not isinstance(trained.get(key), (int, float)):
+                continue
+            if key == "avid_top1":
+                label += f" of {trained.get('avid_gallery')} (chance {trained.get('avid_chance', 0):.3f})"
+            rows.append({"stage": st.name, "videos": trained.get("avid_gallery"),
+                         "views": trained.get("heldout_views") or 1, "figure": label,
+                         "untrained": _with_se(untrained, key), "pretrained": _with_se(trained, key),
+                         "gain": (f"{gain[key]['mean']:+.3f} [{gain[key]['low']:+.3f}, {gain[key]['high']:+.3f}]"
+                                  if key in gain else "-")})
+    return rows
+
+
+def _with_se(fig: dict, key: str) -> str:
+    value, se = fig.get(key), fig.get(f"{key}_se")
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.3f}" + (f" ± {se:.3f}" if isinstance(se, (int, float)) else "")
+
+
+def render_pretext_table(rows: list[dict]) -> str:
+    """Markdown: the held-out pretext figures, untrained beside pretrained."""
+    lines = ["| pretraining | held-out videos × views | figure | untrained | pretrained | "
+             "pretrained − untrained (95 %, paired by view) |", "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['stage']} | {r['videos']} × {r['views']} | {r['figure']} | {r['untrained']} | "
+              f"{r['pretrained']} | {r['gain']} |" for r in rows]
+    return "\n".join(lines)
+
+
 def print_results(work: Path, cfg: Config, stages: list[Stage]) -> None:
     rows = results_rows(work, cfg, stages)
     if not rows:
@@ -138,6 +183,10 @@ def print_results(work: Path, cfg: Config, stages: list[Stage]) -> None:
     oc = test_set_rows(work, cfg, stages)
     if oc:  # out-of-context test sets (docs/out-of-context.md)
         table += "\n\nOut-of-context test sets (top-1 %, video level):\n\n" + render_test_set_table(oc)
+    pretext = pretext_rows(work, stages)
+    if pretext:  # what pretraining learnt, on videos it never trained on
+        table += ("\n\nPretext tasks on held-out videos (never pretrained on; ± standard error over views):\n\n"
+                  + render_pretext_table(pretext))
     text = ("# Results\n\nVideo-level accuracy (%) on the test split. top-1 / top-5: the epoch was chosen on "
             "held-out training videos (or is the last). test-selected: the epoch was chosen on the test split "
             "itself (finetune.select_on = \"test\", RSPNet's practice), which is optimistic; compare those only "

@@ -567,9 +567,13 @@ class _Loop:
         record = {"event": "heldout", "epoch": epochs_done, "step": self.global_step, **fig}
         self.heldout_records.append(record)
         self.metrics.write(**record)
+        spent = time.perf_counter() - t0
         log.info("pretrain: held-out at step %d (%s): %s (%.1f s)", self.global_step,
-                 "untrained" if self.global_step == 0 else f"{epochs_done} epochs", describe(fig),
-                 time.perf_counter() - t0)
+                 "untrained" if self.global_step == 0 else f"{epochs_done} epochs", describe(fig), spent)
+        # training rates and the ETA count training only (an evaluation is not a slow step)
+        self.bar.start += spent
+        self.t_start += spent
+        self.sums.t_window += spent
 
     def interrupt(self, epoch: int, step_in_epoch: int, stop: GracefulStop) -> None:
         """Save at this step boundary, record why, and raise TrainingInterrupted."""

@@ -103,6 +103,7 @@ def test_every_stage_output(work: Path):
 
     results = (work / "results.md").read_text()
     assert f"{100 * metrics['video_top1']:.1f}" in results and "hmdb51" in results
+    assert "Pretext tasks on held-out videos" in results and "| A-VID: own key retrieved, top-1 of" in results
     # the synthetic test videos carry part masks: the human-focus score of the classifier's CAMs
     assert 0.0 <= metrics["human_focus"] <= 1.0 and 0.0 < metrics["person_area"] < 1.0
 

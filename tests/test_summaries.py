@@ -93,3 +93,25 @@ def test_pretrain_summary_states_heldout_figures_with_errors_and_the_paired_gain
     assert "A-VID top-1 0.050 ± 0.005 (untrained 0.024 ± 0.004) of 140" in held and "8 views per video" in held
     assert lines[-1].strip() == ("trained − untrained, paired over 8 views (95 % interval): "
                                  "A-VID top-1 +0.026 [+0.015, +0.037]")
+
+
+def test_results_table_lists_the_heldout_pretext_figures_beside_the_untrained_network(tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from pipeline.results import pretext_rows, render_pretext_table
+
+    trained = {"rsp_acc": 0.857, "rsp_acc_se": 0.008, "avid_top1": 0.05, "avid_top1_se": 0.005, "avid_gallery": 140,
+               "avid_chance": 1 / 140, "heldout_views": 8, "kd_person_iou": 0.612, "kd_part_miou": None}
+    untrained = {**trained, "rsp_acc": 0.529, "avid_top1": 0.024, "avid_top1_se": 0.004, "kd_person_iou": 0.107}
+    (tmp_path / "stage.json").write_text(json.dumps({"summary": {
+        "heldout": trained, "heldout_untrained": untrained,
+        "heldout_gain": {"avid_top1": {"mean": 0.0259, "low": 0.0065, "high": 0.0453, "views": 8}}}}))
+    pre = SimpleNamespace(kind="pretrain", name="kinetics400", out_dir=lambda work: tmp_path)
+    other = SimpleNamespace(kind="finetune", name="x", out_dir=lambda work: tmp_path)
+    rows = pretext_rows(tmp_path, [pre, other])
+    assert [r["figure"].split(":")[0] for r in rows] == ["RSP", "A-VID", "KD"]  # part mIoU not measured: no row
+    table = render_pretext_table(rows).splitlines()
+    assert table[3] == ("| kinetics400 | 140 × 8 | A-VID: own key retrieved, top-1 of 140 (chance 0.007) | "
+                        "0.024 ± 0.004 | 0.050 ± 0.005 | +0.026 [+0.006, +0.045] |")
+    assert table[4].endswith("| 0.107 | 0.612 | - |")
