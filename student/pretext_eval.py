@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from data_manifests.video import read_frames
 from pipeline.core.errors import ConfigError
 from pipeline.core.stats import t_interval
 from student.gpu_augment import colour_batch
+from student.model import MultiTaskStudent
 from student.transforms import (COLOUR_FIELDS, IMAGENET_MEAN, IMAGENET_STD, ClipAugment, ClipAugParams, CropBox,
                                 colour_vector)
 
@@ -153,7 +154,7 @@ def _normalise(x: torch.Tensor, device: torch.device, colour: torch.Tensor | Non
     return (x.to(device).float().div_(255.0) - mean) / std
 
 
-def _contrastive(student: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def _contrastive(student: MultiTaskStudent, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """emb_m and emb_a only (f_l → h_c → g_m, g_a): the RSP and A-VID passes skip the parsing branch,
     which would cost about as much again and is measured once per video on the whole frame."""
     z_c = student.h_c(student.f_l(x))
@@ -170,7 +171,7 @@ def _forward(student: torch.nn.Module, clips: torch.Tensor, device: torch.device
         if device.type == "cpu":  # 1.5x faster there (3D max-pooling), embeddings equal to 1e-7 (measured)
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast():
-            res = student(x) if parsing else _contrastive(student, x)
+            res = student(x) if parsing else _contrastive(cast(MultiTaskStudent, student), x)
         for k in out:
             if res.get(k) is not None:
                 out[k].append(res[k].float().cpu())
