@@ -61,3 +61,32 @@ def test_paired_compares_any_two_variants_by_seed_only(ablation) -> None:
     one = ablation.paired(runs[:3], "full", "wo_kd", "top1")
     assert one["n"] == 1 and one["mean"] == pytest.approx(10.0) and one["ci95"] is None and not one["significant"]
     assert ablation.paired(runs, "full", "scratch", "top1") is None
+
+
+def test_ablation_heldout_finds_each_variant_and_seed_by_its_saved_config(tmp_path: Path) -> None:
+    """bench/ablation_heldout.py picks the pretraining folder whose saved config is the run's (variant, seed),
+    ignoring keys a run built before them lacks, and refuses when none matches."""
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("ablation_heldout", BENCH / "ablation_heldout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from pipeline.core.config import dump_toml
+
+    def built(name: str, variant: str, seed: int, drop_views: bool = False) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        text = dump_toml(module.run_config(variant, seed, []))
+        if drop_views:  # a run built before pretrain.heldout_views existed
+            text = "\n".join(line for line in text.splitlines() if not line.startswith("heldout_views"))
+        (d / "config.toml").write_text(text)
+        (d / "student.pt").write_bytes(b"")
+        return d
+
+    full0, full1 = built("a", "full", 0, drop_views=True), built("b", "full", 1)
+    kd0, wo0 = built("c", "kd_only", 0), built("d", "wo_kd", 0)
+    assert module.find_pretrain_dir(tmp_path, module.run_config("full", 0, [])) == full0
+    assert module.find_pretrain_dir(tmp_path, module.run_config("full", 1, [])) == full1
+    assert module.find_pretrain_dir(tmp_path, module.run_config("kd_only", 0, [])) == kd0
+    assert module.find_pretrain_dir(tmp_path, module.run_config("wo_kd", 0, [])) == wo0
+    with pytest.raises(SystemExit, match="matches seed 2"):
+        module.find_pretrain_dir(tmp_path, module.run_config("full", 2, []))
