@@ -6,13 +6,17 @@ demo's 8 views per video, where runs built before ``pretrain.heldout_views`` exi
 without retraining: it finds each (variant, seed)'s pretraining folder by the config saved in it,
 loads its ``student.pt`` whole, and builds the untrained network as pretraining initialises it for that
 seed. Per run: every figure trained and untrained, and trained − untrained paired by view; per
-variant: the mean over seeds and the 95 % t-interval over seeds of the gain.
+variant: the mean over seeds and the 95 % t-interval over seeds of the gain. ``--random-head`` also
+measures each trained encoder with the untrained network's A-VID head (``avid_top1_head`` gain:
+what the trained head adds on the same encoder).
 
     python bench/ablation_heldout.py --work /tmp/ablB --variants kd_only wo_kd ti full --seeds 0 1 2 3 4 --views 8
+    python bench/ablation_heldout.py --work /tmp/ablB --variants full --random-head --out /tmp/head.json
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tomllib
 from pathlib import Path
@@ -71,6 +75,9 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=8, help="items per held-out video")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="the ablation's --set overrides, if any")
+    ap.add_argument("--random-head", action="store_true",
+                    help="also measure each trained encoder with the untrained network's A-VID head g_a (how much of "
+                         "the A-VID figure the trained head carries; KD only's head is never trained)")
     ap.add_argument("--out", type=Path, default=RESULTS / "ablation_heldout.json")
     args = ap.parse_args()
     work = args.work / "default"
@@ -86,7 +93,8 @@ def main() -> None:
     bench = Bench("ablation_heldout", "held-out pretext figures of the ablation's pretraining runs at "
                   f"{args.views} views per video (trained beside untrained, paired by view)",
                   {"work": str(work), "variants": args.variants, "seeds": args.seeds, "views": args.views,
-                   "videos": len(hs), "extra": args.extra, "torch_threads": torch.get_num_threads()})
+                   "videos": len(hs), "extra": args.extra, "random_head": args.random_head,
+                   "torch_threads": torch.get_num_threads()})
     runs: list[dict[str, Any]] = []
     root = work / "pretrain" / base.pretrain.dataset
     for variant in args.variants:
@@ -97,9 +105,15 @@ def main() -> None:
             seed_all(cfg.pretrain.seed)
             untrained = build_pretrain_model(cfg.model, cfg.pretrain, int(meta.get("num_parts", 7))).student
             fig = {"trained": evaluate_pretext(trained, hs), "untrained": evaluate_pretext(untrained, hs)}
+            if args.random_head:
+                mixed = copy.deepcopy(trained)
+                mixed.g_a.load_state_dict(untrained.g_a.state_dict())
+                fig["random_head"] = evaluate_pretext(mixed, hs)
             gain = paired_gain(fig["trained"], fig["untrained"])
             print(f"{variant} seed {seed} ({pretrain_dir.name}):\n  trained:   {describe(fig['trained'])}\n"
                   f"  untrained: {describe(fig['untrained'])}", flush=True)
+            if args.random_head:
+                print(f"  trained encoder, untrained g_a: {describe(fig['random_head'])}", flush=True)
             runs.append({"variant": variant, "seed": seed, "pretrain_dir": pretrain_dir.name, **fig, "gain": gain})
     summary = []
     for variant in args.variants:
@@ -117,12 +131,19 @@ def main() -> None:
                 mean, half = t_interval(gains)
                 assert half is not None
                 row[f"{key}_gain"] = [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
+        if args.random_head:  # the trained head's share: trained − (trained encoder, untrained head), by seed
+            head = [r["trained"]["avid_top1"] - r["random_head"]["avid_top1"] for r in rs]
+            row["avid_top1_random_head"] = round(sum(r["random_head"]["avid_top1"] for r in rs) / len(rs), 4)
+            if len(head) > 1:
+                mean, half = t_interval(head)
+                assert half is not None
+                row["avid_top1_head_gain"] = [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
         summary.append(row)
     print_table([{"variant": r["variant"], "seeds": r["seeds"],
                   **{f"{k} (untrained)": f"{r.get(k, float('nan')):.3f} ({r.get(k + '_untrained', float('nan')):.3f})"
                      for k in FIGURES if k in r},
                   **{f"{k} gain [95 %]": "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r[k + "_gain"])
-                     for k in ("rsp_acc", "avid_top1") if k + "_gain" in r}} for r in summary],
+                     for k in ("rsp_acc", "avid_top1", "avid_top1_head") if k + "_gain" in r}} for r in summary],
                 title=f"held-out pretext figures, {args.views} views per video, mean over seeds")
     bench.write({"summary": summary, "runs": runs}, out=args.out)
 
