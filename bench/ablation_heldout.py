@@ -12,11 +12,13 @@ what the trained head adds on the same encoder).
 
     python bench/ablation_heldout.py --work /tmp/ablB --variants kd_only wo_kd ti full --seeds 0 1 2 3 4 --views 8
     python bench/ablation_heldout.py --work /tmp/ablB --variants full --random-head --out /tmp/head.json
+    python bench/ablation_heldout.py --paired bench/results/ablation_heldout.json full /tmp/other.json full
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tomllib
 from pathlib import Path
@@ -66,9 +68,30 @@ def find_pretrain_dir(root: Path, cfg: Config) -> Path:
     return max(found, key=lambda d: (d / "student.pt").stat().st_mtime)  # the latest build if several
 
 
+def paired_runs(a: Path, a_variant: str, b: Path, b_variant: str) -> list[dict[str, Any]]:
+    """Per figure, run ``a_variant`` of result file ``a`` minus ``b_variant`` of ``b``, paired by seed (the
+    seeds both hold), with the 95 % t-interval: e.g. the full recipe against the same recipe at λ_a 0."""
+    def runs(path: Path, variant: str) -> dict[int, dict[str, Any]]:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return {r["seed"]: r["trained"] for r in record["figures"]["runs"] if r["variant"] == variant}
+    ra, rb = runs(a, a_variant), runs(b, b_variant)
+    seeds = sorted(set(ra) & set(rb))
+    rows = []
+    for key in FIGURES:
+        diffs = [ra[s][key] - rb[s][key] for s in seeds
+                 if isinstance(ra[s].get(key), (int, float)) and isinstance(rb[s].get(key), (int, float))]
+        if len(diffs) > 1:
+            mean, half = t_interval(diffs)
+            assert half is not None
+            rows.append({"figure": key, "seeds": len(diffs), "a": round(sum(ra[s][key] for s in seeds) / len(seeds), 4),
+                         "b": round(sum(rb[s][key] for s in seeds) / len(seeds), 4), "a − b": round(mean, 4),
+                         "95 %": f"[{mean - half:+.4f}, {mean + half:+.4f}]"})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, required=True, help="the ablation's --work folder")
+    ap.add_argument("--work", type=Path, default=None, help="the ablation's --work folder (required but with --paired)")
     ap.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "scratch"],
                     choices=[v for v in VARIANTS if v != "scratch"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -79,7 +102,15 @@ def main() -> None:
                     help="also measure each trained encoder with the untrained network's A-VID head g_a (how much of "
                          "the A-VID figure the trained head carries; KD only's head is never trained)")
     ap.add_argument("--out", type=Path, default=RESULTS / "ablation_heldout.json")
+    ap.add_argument("--paired", nargs=4, metavar=("A_JSON", "A_VARIANT", "B_JSON", "B_VARIANT"), default=None,
+                    help="only print A's variant − B's variant per figure, paired by seed, from two result files")
     args = ap.parse_args()
+    if args.paired:
+        a, av, b, bv = args.paired
+        print_table(paired_runs(Path(a), av, Path(b), bv), title=f"{av} ({a}) − {bv} ({b}), paired by seed")
+        return
+    if args.work is None:
+        ap.error("--work is required (the ablation's --work folder)")
     work = args.work / "default"
     base = load_config(overrides=args.extra)
     graph = StageGraph(base, work)

@@ -90,3 +90,26 @@ def test_ablation_heldout_finds_each_variant_and_seed_by_its_saved_config(tmp_pa
     assert module.find_pretrain_dir(tmp_path, module.run_config("wo_kd", 0, [])) == wo0
     with pytest.raises(SystemExit, match="matches seed 2"):
         module.find_pretrain_dir(tmp_path, module.run_config("full", 2, []))
+
+
+def test_ablation_heldout_pairs_two_result_files_by_seed(tmp_path: Path) -> None:
+    import json
+
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("ablation_heldout", BENCH / "ablation_heldout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def result(name: str, variant: str, values: dict[int, float]) -> Path:
+        path = tmp_path / name
+        runs = [{"variant": variant, "seed": s, "trained": {"avid_top1": v, "kd_person_iou": None}}
+                for s, v in values.items()]
+        path.write_text(json.dumps({"figures": {"runs": runs}}))
+        return path
+
+    a = result("a.json", "full", {0: 0.10, 1: 0.12, 2: 0.08, 3: 0.5})
+    b = result("b.json", "full", {0: 0.03, 1: 0.03, 2: 0.03, 9: 0.0})  # seeds 3 and 9 have no partner
+    (row,) = module.paired_runs(a, "full", b, "full")                   # kd_person_iou: no values, no row
+    half = 4.303 * 0.02 / 3 ** 0.5                                       # sd of (0.07, 0.09, 0.05) = 0.02
+    assert row["figure"] == "avid_top1" and row["seeds"] == 3 and row["a − b"] == 0.07
+    assert row["95 %"] == f"[{0.07 - half:+.4f}, {0.07 + half:+.4f}]"
