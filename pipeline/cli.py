@@ -5,6 +5,12 @@ validation as the config file.
 """
 from __future__ import annotations
 
+import os
+
+from pipeline.core.openmp import prefer_passive_wait
+
+prefer_passive_wait(os.environ)  # before anything imports torch: libgomp reads it once (pipeline/core/openmp.py)
+
 import logging
 import signal
 import sys

@@ -15,6 +15,7 @@ import click
 
 from pipeline.core.config import Config
 from pipeline.core.files import atomic_write_text
+from pipeline.core.stats import format_estimate, format_interval
 from pipeline.stage import STAGE_FILE, Stage
 
 # The paper's Table 1 (top-1 / top-5), for reference beside our numbers.
@@ -153,17 +154,9 @@ def pretext_rows(work: Path, stages: list[Stage]) -> list[dict]:
                 label += f" of {trained.get('avid_gallery')} (chance {trained.get('avid_chance', 0):.3f})"
             rows.append({"stage": st.name, "videos": trained.get("avid_gallery"),
                          "views": trained.get("heldout_views") or 1, "figure": label,
-                         "untrained": _with_se(untrained, key), "pretrained": _with_se(trained, key),
-                         "gain": (f"{gain[key]['mean']:+.3f} [{gain[key]['low']:+.3f}, {gain[key]['high']:+.3f}]"
-                                  if key in gain else "-")})
+                         "untrained": format_estimate(untrained, key), "pretrained": format_estimate(trained, key),
+                         "gain": format_interval(gain[key]) if key in gain else "-"})
     return rows
-
-
-def _with_se(fig: dict, key: str) -> str:
-    value, se = fig.get(key), fig.get(f"{key}_se")
-    if not isinstance(value, (int, float)):
-        return "-"
-    return f"{value:.3f}" + (f" ± {se:.3f}" if isinstance(se, (int, float)) else "")
 
 
 def render_pretext_table(rows: list[dict]) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.core.stats import format_estimate, format_interval
+
 
 def _pct(value: Any) -> str:
     return f"{100 * float(value):.1f}%" if isinstance(value, (int, float)) else "?"
@@ -79,12 +81,8 @@ def _heldout(trained: dict[str, Any] | None, untrained: dict[str, Any] | None,
         return []
     u = untrained or {}
 
-    def value(fig: dict[str, Any], key: str) -> str:
-        se = fig.get(f"{key}_se")
-        return _num(fig.get(key)) + ("" if se is None else f" ± {_num(se)}")
-
     def pair(key: str) -> str:
-        return f"{value(trained, key)} (untrained {value(u, key)})"
+        return f"{format_estimate(trained, key, '?')} (untrained {format_estimate(u, key, '?')})"
     views = int(trained.get("heldout_views") or 1)
     per = f", {views} views per video, ± standard error" if views > 1 else ""
     return [f"held-out videos: RSP {pair('rsp_acc')}; A-VID top-1 {pair('avid_top1')} of {trained.get('avid_gallery')} "
@@ -94,7 +92,7 @@ def _heldout(trained: dict[str, Any] | None, untrained: dict[str, Any] | None,
 
 def _gains(gain: dict[str, Any]) -> list[str]:
     names = {"rsp_acc": "RSP", "avid_top1": "A-VID top-1"}
-    parts = [f"{names.get(k, k)} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for k, g in gain.items()
+    parts = [f"{names.get(k, k)} {format_interval(g)}" for k, g in gain.items()
              if isinstance(g, dict) and {"mean", "low", "high"} <= set(g)]
     if not parts:
         return []

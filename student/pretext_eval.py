@@ -42,7 +42,7 @@ from data_manifests.clip_plan import clip_indices, window_indices
 from data_manifests.manifest import Manifest, VideoEntry
 from data_manifests.video import read_frames
 from pipeline.core.errors import ConfigError
-from pipeline.core.stats import t_interval
+from pipeline.core.stats import format_estimate, t_interval
 from student.gpu_augment import colour_batch
 from student.model import MultiTaskStudent
 from student.transforms import (COLOUR_FIELDS, IMAGENET_MEAN, IMAGENET_STD, ClipAugment, ClipAugParams, CropBox,
@@ -279,15 +279,12 @@ def teacher_for_heldout(teacher_cfg: Any, device: str) -> Any:
 
 def describe(fig: dict[str, Any]) -> str:
     """One log line of held-out figures."""
-    def f(v: Any) -> str:
-        return "-" if v is None else f"{v:.3f}"
     def pm(key: str) -> str:
-        se = fig.get(f"{key}_se")
-        return f(fig.get(key)) + ("" if se is None else f" ± {se:.3f}")
+        return format_estimate(fig, key)
     views = int(fig.get("heldout_views") or 1)
     return (f"RSP {pm('rsp_acc')}, A-VID top-1 {pm('avid_top1')} of {fig.get('avid_gallery')} "
-            f"(chance {f(fig.get('avid_chance'))}{f', {views} views' if views > 1 else ''}), "
-            f"KD person IoU {f(fig.get('kd_person_iou'))}, part mIoU {f(fig.get('kd_part_miou'))}")
+            f"(chance {pm('avid_chance')}{f', {views} views' if views > 1 else ''}), "
+            f"KD person IoU {pm('kd_person_iou')}, part mIoU {pm('kd_part_miou')}")
 
 
 __all__ = ["HeldoutSet", "heldout_entries", "build_heldout_set", "evaluate_pretext",

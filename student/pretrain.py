@@ -406,6 +406,10 @@ class MetricWindow:
     def epoch_means(self) -> dict[str, float]:
         return dict(zip(METRIC_KEYS, all_reduce_mean(self.epoch / self.epoch_steps)))
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation) out of the window's time, so its clips/s counts training only."""
+        self.t_window += seconds
+
     def reset_window(self, now: float) -> None:
         self.window.zero_()
         self.window_steps, self.t_window = 0, now
@@ -571,9 +575,9 @@ class _Loop:
         log.info("pretrain: held-out at step %d (%s): %s (%.1f s)", self.global_step,
                  "untrained" if self.global_step == 0 else f"{epochs_done} epochs", describe(fig), spent)
         # training rates and the ETA count training only (an evaluation is not a slow step)
-        self.bar.start += spent
+        self.bar.exclude(spent)
+        self.sums.exclude(spent)
         self.t_start += spent
-        self.sums.t_window += spent
 
     def interrupt(self, epoch: int, step_in_epoch: int, stop: GracefulStop) -> None:
         """Save at this step boundary, record why, and raise TrainingInterrupted."""

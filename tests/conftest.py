@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.openmp import prefer_passive_wait
+
+prefer_passive_wait(os.environ)  # before a test module imports torch, as the CLI does (pipeline/core/openmp.py)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -161,7 +161,7 @@ def render_video(job: VideoJob) -> Rendered:
         scene.draw_distractors(frame, None, t, front=False)
         inst.fill(0)
         draw_figure(inst, body, pose, Camera(u0 + ox, ground_v + oy, scale, yaw))
-        cv2.copyTo(lut[inst], inst, frame)                       # figure colours where inst > 0
+        cv2.copyTo(np.take(lut, inst, axis=0), inst, frame)      # figure colours where inst > 0 (take: 4x lut[inst])
         edge = cv2.compare(cv2.dilate(inst, cross), cv2.erode(inst, cross), cv2.CMP_NE)
         edge &= inst.astype(bool).view(np.uint8) * np.uint8(255)
         cv2.copyTo(cv2.convertScaleAbs(frame, alpha=OUTLINE_GAIN), edge, frame)   # darker outlines

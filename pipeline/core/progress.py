@@ -47,6 +47,11 @@ class Progress:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` of work that is not this bar's (an evaluation between training steps) out of
+        the elapsed time, the rate and the ETA."""
+        self.start += seconds
+
     @property
     def rate(self) -> float:
         el = self.elapsed

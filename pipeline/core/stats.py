@@ -1,10 +1,10 @@
 """Small-sample statistics shared by the summaries, the figures and the benches: the 95 % Student-t
-interval of a mean (of seeds, of held-out views, of paired differences)."""
+interval of a mean (of seeds, of held-out views, of paired differences), and how both are written."""
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 # Student t quantile t_{0.975, df} for df = 1..30 (a 95 % two-sided interval); 1.96 beyond.
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -25,4 +25,19 @@ def t_interval(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-__all__ = ["T975", "t975", "t_interval"]
+def format_estimate(figures: Mapping[str, Any] | None, key: str, missing: str = "-") -> str:
+    """``0.857 ± 0.008``: ``figures[key]`` with its standard error ``figures[key + "_se"]`` when there is one
+    (held-out figures measured over several views); ``missing`` when the figure is absent."""
+    figures = figures or {}
+    value, se = figures.get(key), figures.get(f"{key}_se")
+    if not isinstance(value, (int, float)):
+        return missing
+    return f"{value:.3f}" + (f" ± {se:.3f}" if isinstance(se, (int, float)) else "")
+
+
+def format_interval(estimate: Mapping[str, Any]) -> str:
+    """``+0.330 [+0.273, +0.386]``: a signed difference and its 95 % interval, from {"mean", "low", "high"}."""
+    return f"{estimate['mean']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]"
+
+
+__all__ = ["T975", "t975", "t_interval", "format_estimate", "format_interval"]
