@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 
-from pipeline.core.openmp import prefer_passive_wait
+from pipeline.core.cpu_tuning import tune_process
 
-prefer_passive_wait(os.environ)  # before anything imports torch: libgomp reads it once (pipeline/core/openmp.py)
+tune_process(os.environ)  # before anything imports torch: libgomp reads its settings once (pipeline/core/cpu_tuning.py)
 
 import logging
 import signal

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.openmp import prefer_passive_wait
+from pipeline.core.cpu_tuning import tune_process
 
-prefer_passive_wait(os.environ)  # before a test module imports torch, as the CLI does (pipeline/core/openmp.py)
+tune_process(os.environ)  # before a test module imports torch, as the CLI does (pipeline/core/cpu_tuning.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
