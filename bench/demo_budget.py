@@ -11,6 +11,8 @@ From a work directory where ``pipeline run`` finished (the demo's configuration)
 - the held-out evaluation's cost per clip (the contrastive pass, eval mode, as
   ``student.pretext_eval`` runs it) and the number of clip passes one evaluation makes.
 
+The process makes the CPU settings a ``pipeline`` process makes (pipeline/core/cpu_tuning.py).
+
     python bench/demo_budget.py --work WORK [--batches 6]
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import sys
 import time
@@ -26,6 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+from pipeline.core.cpu_tuning import tune_process  # noqa: E402
+
+tune_process(os.environ)  # the CPU settings of a `pipeline` process, before torch loads
 
 import torch  # noqa: E402
 
