@@ -8,10 +8,11 @@
    makes idle threads sleep at once. libgomp reads its environment once, when it loads, so this must
    happen before the first ``import torch`` of the process.
 2. **glibc's malloc keeps freed memory.** A training step allocates and frees hundreds of MB of
-   activations, each tensor above glibc's mmap threshold (128 kB, growing), so every step maps fresh
-   pages and unmaps them again: about 30 000 page faults per demo step, the training process's
-   system time. ``mallopt`` with an mmap threshold of 32 MiB (glibc's maximum) and a trim threshold
-   of 1 GiB keeps the freed blocks in the heap for the next step.
+   activations. By default glibc gives freed memory back to the system (a block above its mmap
+   threshold, 128 kB and raised as blocks are freed, is unmapped; the heap's free top beyond twice
+   that threshold is trimmed), and the next step faults the same pages in again: 30 000-60 000 page
+   faults per demo step, in the training process, on its critical path. ``mallopt`` with an mmap
+   threshold of 32 MiB (glibc's maximum) and a trim threshold of 1 GiB keeps them for the next step.
 
 Measured on the demo's pretraining (``bench/cpu_tuning.py``, 2 cores, three interleaved pairs): wall
 time 0.82-0.96 of the untuned process's, CPU time 0.75-0.81, page faults 0.47 M against 0.9-3.5 M; the
@@ -38,6 +39,7 @@ TRIM_THRESHOLD = 1 << 30  # mallopt takes a C int: 4 GiB would wrap to 0 (trim e
 
 
 def tuning_enabled(environ: MutableMapping[str, str]) -> bool:
+    """False when ``PIPELINE_CPU_TUNING`` is 0 / off / false / no."""
     return environ.get(SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
@@ -71,8 +73,9 @@ def keep_freed_memory(environ: MutableMapping[str, str], libc: Any | None = None
         return False
     if hasattr(libc.mallopt, "argtypes"):
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                      TRIM_THRESHOLD))
+    mmap_set = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    trim_set = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mmap_set and trim_set)
 
 
 def tune_process(environ: MutableMapping[str, str]) -> dict[str, bool]:
