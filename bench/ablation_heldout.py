@@ -32,7 +32,7 @@ from common import RESULTS, Bench, print_table  # noqa: E402
 
 from data_manifests.manifest import load_manifest  # noqa: E402
 from pipeline.core.config import Config, load_config, semantic_dict  # noqa: E402
-from pipeline.core.stats import t_interval  # noqa: E402
+from pipeline.core.stats import mean_interval  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
 from student.artifacts import load_pretrained_student  # noqa: E402
 from student.pretext_eval import (build_heldout_set, describe, evaluate_pretext, heldout_entries,  # noqa: E402
@@ -80,12 +80,11 @@ def paired_runs(a: Path, a_variant: str, b: Path, b_variant: str) -> list[dict[s
     for key in FIGURES:
         diffs = [ra[s][key] - rb[s][key] for s in seeds
                  if isinstance(ra[s].get(key), (int, float)) and isinstance(rb[s].get(key), (int, float))]
-        if len(diffs) > 1:
-            mean, half = t_interval(diffs)
-            assert half is not None
+        if (ci := mean_interval(diffs)) is not None:
+            mean, low, high = ci
             rows.append({"figure": key, "seeds": len(diffs), "a": round(sum(ra[s][key] for s in seeds) / len(seeds), 4),
                          "b": round(sum(rb[s][key] for s in seeds) / len(seeds), 4), "a − b": round(mean, 4),
-                         "95 %": f"[{mean - half:+.4f}, {mean + half:+.4f}]"})
+                         "95 %": f"[{low:+.4f}, {high:+.4f}]"})
     return rows
 
 
@@ -158,17 +157,13 @@ def main() -> None:
                 row[f"{key}_untrained"] = round(sum(base_vals) / len(base_vals), 4)
             gains = [r["trained"][key] - r["untrained"][key] for r in rs
                      if isinstance(r["trained"].get(key), (int, float))]
-            if len(gains) > 1:
-                mean, half = t_interval(gains)
-                assert half is not None
-                row[f"{key}_gain"] = [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
+            if (ci := mean_interval(gains)) is not None:
+                row[f"{key}_gain"] = [round(v, 4) for v in ci]
         if args.random_head:  # the trained head's share: trained − (trained encoder, untrained head), by seed
             head = [r["trained"]["avid_top1"] - r["random_head"]["avid_top1"] for r in rs]
             row["avid_top1_random_head"] = round(sum(r["random_head"]["avid_top1"] for r in rs) / len(rs), 4)
-            if len(head) > 1:
-                mean, half = t_interval(head)
-                assert half is not None
-                row["avid_top1_head_gain"] = [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
+            if (ci := mean_interval(head)) is not None:
+                row["avid_top1_head_gain"] = [round(v, 4) for v in ci]
         summary.append(row)
     print_table([{"variant": r["variant"], "seeds": r["seeds"],
                   **{f"{k} (untrained)": f"{r.get(k, float('nan')):.3f} ({r.get(k + '_untrained', float('nan')):.3f})"

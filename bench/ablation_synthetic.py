@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import math
 import statistics
 import subprocess
 import sys
@@ -58,7 +57,7 @@ from common import RESULTS, Bench, print_table  # noqa: E402
 
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.stages import StageGraph  # noqa: E402
-from pipeline.core.stats import t975  # noqa: E402
+from pipeline.core.stats import mean_interval  # noqa: E402
 
 VARIANTS = {
     "scratch": ["finetune.from_scratch=true",
@@ -226,16 +225,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def t_interval(values: list[float]) -> tuple[float, float, float] | None:
-    """(mean, low, high): the 95 % Student t-interval of the mean of ``values`` (None below 2 values)."""
-    n = len(values)
-    if n < 2:
-        return None
-    m, sd = mean_std(values)
-    half = t975(n - 1) * sd / math.sqrt(n)
-    return m, m - half, m + half
-
-
 def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict]:
     """Per variant: mean ± sample std over seeds of every figure, and for each of :data:`PAIRED` the
     paired difference to ``scratch`` (same seed, same test videos) with its 95 % t-interval."""
@@ -268,7 +257,7 @@ def paired(runs: list[dict], a: str, b: str, key: str) -> dict | None:
              if r["variant"] == a and r["seed"] in by_seed and r.get(key) is not None]
     if not diffs:
         return None
-    ci = t_interval(diffs)
+    ci = mean_interval(diffs)
     return {"n": len(diffs), "mean": round(statistics.fmean(diffs), 3),
             "ci95": [round(ci[1], 3), round(ci[2], 3)] if ci else None,
             "significant": bool(ci and (ci[1] > 0 or ci[2] < 0))}

@@ -42,7 +42,7 @@ from data_manifests.clip_plan import clip_indices, window_indices
 from data_manifests.manifest import Manifest, VideoEntry
 from data_manifests.video import read_frames
 from pipeline.core.errors import ConfigError
-from pipeline.core.stats import format_estimate, t_interval
+from pipeline.core.stats import format_estimate, mean_interval
 from student.gpu_augment import colour_batch
 from student.model import MultiTaskStudent
 from student.transforms import (COLOUR_FIELDS, IMAGENET_MEAN, IMAGENET_STD, ClipAugment, ClipAugParams, CropBox,
@@ -260,10 +260,8 @@ def paired_gain(trained: dict[str, Any] | None, untrained: dict[str, Any] | None
         a, b = (trained or {}).get(f"{key}_views"), (untrained or {}).get(f"{key}_views")
         if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b) or len(a) < 2:
             continue
-        mean, half = t_interval([x - y for x, y in zip(a, b)])
-        assert half is not None
-        out[key] = {"mean": round(mean, 4), "low": round(mean - half, 4), "high": round(mean + half, 4),
-                    "views": len(a)}
+        mean, low, high = mean_interval([x - y for x, y in zip(a, b)])  # type: ignore[misc]  # len(a) >= 2
+        out[key] = {"mean": round(mean, 4), "low": round(low, 4), "high": round(high, 4), "views": len(a)}
     return out
 
 

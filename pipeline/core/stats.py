@@ -25,6 +25,15 @@ def t_interval(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float] | None:
+    """(mean, low, high): the mean and its 95 % Student-t interval; None for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    mean, half = t_interval(values)
+    assert half is not None
+    return mean, mean - half, mean + half
+
+
 def format_estimate(figures: Mapping[str, Any] | None, key: str, missing: str = "-") -> str:
     """``0.857 ± 0.008``: ``figures[key]`` with its standard error ``figures[key + "_se"]`` when there is one
     (held-out figures measured over several views); ``missing`` when the figure is absent."""
@@ -40,4 +49,4 @@ def format_interval(estimate: Mapping[str, Any]) -> str:
     return f"{estimate['mean']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]"
 
 
-__all__ = ["T975", "t975", "t_interval", "format_estimate", "format_interval"]
+__all__ = ["T975", "t975", "t_interval", "mean_interval", "format_estimate", "format_interval"]
