@@ -34,8 +34,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-TUNING_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-               "PIPELINE_CPU_TUNING")
+from pipeline.core.cpu_tuning import MALLOC_KEYS, OPENMP_KEYS, SWITCH  # noqa: E402
+
+TUNING_KEYS = (*OPENMP_KEYS, *MALLOC_KEYS, SWITCH)  # every variable the settings read, cleared between contenders
 POLICIES = {"off": {"PIPELINE_CPU_TUNING": "0"}, "on": {}}
 
 

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.core.cpu_tuning import (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD,
-                                      keep_freed_memory, prefer_passive_wait)
+from pipeline.core.cpu_tuning import (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MALLOC_KEYS, MMAP_THRESHOLD, OPENMP_KEYS,
+                                      SWITCH, TRIM_THRESHOLD, keep_freed_memory, prefer_passive_wait)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TUNING_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-               "PIPELINE_CPU_TUNING")
+TUNING_KEYS = (*OPENMP_KEYS, *MALLOC_KEYS, SWITCH)
 
 
 class FakeLibc:
